@@ -1,0 +1,63 @@
+# tesla_tf: `make test`, `make demo` and `make bench` create .venv on first use, then run.
+#   make test PYTEST_ARGS='-k flat -x'          extra pytest arguments
+#   make demo ARGS='--flag=value'               extra flags for the tool (demo and bench)
+#   make test REQUIREMENTS=requirements-cpu.txt force a requirements file
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# A GPU machine is one where nvidia-smi lists a device.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+REQUIREMENTS ?= $(if $(HAS_GPU),requirements.txt,requirements-cpu.txt)
+# One stamp per requirements file: pip runs again only when that file is newer than the stamp.
+STAMP := $(VENV)/.installed-$(basename $(notdir $(REQUIREMENTS)))
+
+.PHONY: help venv test demo bench clean distclean
+
+help:
+	@echo "make test    run the test suite (pytest -q tests); PYTEST_ARGS='...' adds arguments"
+	@echo "make demo    run tools/demo.py; ARGS='...' adds flags"
+	@echo "make bench   run tools/benchmark.py; ARGS='...' adds flags"
+	@echo "make venv    create/update $(VENV) from $(REQUIREMENTS)$(if $(HAS_GPU), (GPU found), (no GPU))"
+	@echo "make clean   remove caches and demo output; make distclean also removes $(VENV)"
+
+venv: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(REQUIREMENTS) | $(PY)
+# The two files hold different TensorFlow wheels sharing one package dir: never mix them in one venv.
+	@for s in $(VENV)/.installed-*; do \
+	  if [[ -e "$$s" && "$$s" != "$@" ]]; then \
+	    echo "$(VENV) was built from another requirements file ($${s##*/.installed-}); rebuilding it"; \
+	    rm -rf $(VENV); $(PYTHON) -m venv $(VENV); break; \
+	  fi; \
+	done
+	$(PY) -m pip install -r $(REQUIREMENTS)
+	touch $@
+
+test: $(STAMP)
+	@rc=0; $(PY) -m pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
+	if [[ $$rc -eq 5 ]]; then echo "make test: FAILED, pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$rc
+
+demo: $(STAMP)
+	$(PY) tools/demo.py $(ARGS)
+
+bench: $(STAMP)
+	$(PY) tools/benchmark.py $(ARGS)
+
+clean:
+	rm -rf .pytest_cache demo_run
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,164 @@
+"""Trajectory-matching gradients in three modes: unrolled (MTT), tesla (first-order) and exact (adjoint).
+
+Paper symbols, mapped once (REFERENCE §0, §3a):
+  θ*_t  = `start`, θ*_{t+M} = `target` (M = expert_epochs, t < max_start_epoch)
+  X̃, Ỹ = `images` [n, h, w, c], `labels` [n, C] (probability rows; one-hot for hard labels)
+  α     = `lr` (syn_lr, learned)           N = syn_steps = `schedule.shape[0]`
+  X̃_i  = images[schedule[i]] after the DSA of step i (`augment_params` row i)
+  g_i   = ∇_θ CE(θ̂_i; X̃_i, Ỹ_i);  θ̂_{i+1} = θ̂_i − α g_i;  θ̂_0 = θ*_t
+  L     = ‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²
+
+Modes:
+  unrolled  keeps the graph of all N steps and differentiates L: exact, memory linear in N.
+  tesla     TESLA's two passes: pass 1 runs the steps without a graph and caches θ̂_i; pass 2 recomputes
+            each step and takes ∂L/∂X̃_i ≈ −α ∂⟨λ_N, g_i⟩/∂X̃_i with λ_N = ∂L/∂θ̂_N held fixed — every
+            Hessian term through θ̂_i is dropped, so it equals unrolled only for N = 1.
+  exact     the same two passes, pass 2 in reverse order carrying the adjoint
+            λ_i = λ_{i+1} − α ∂⟨λ_{i+1}, g_i⟩/∂θ̂_i = (I − αH_i) λ_{i+1}: the unrolled gradient at tesla's
+            memory, for one more output of the same double-backward.
+The pass-2 cache is the N parameter vectors, the schedule and the augmentation parameters — never N
+augmented batches. Peak activation memory in tesla/exact is one step's double-backward, whatever N.
+"""
+
+import collections
+
+import tensorflow as tf
+
+from tesla_tf import augment
+
+MODES = ("unrolled", "tesla", "exact")
+
+MatchResult = collections.namedtuple("MatchResult", ["loss", "images_grad", "lr_grad", "labels_grad"])
+
+
+def soft_cross_entropy(labels, logits):
+  """Batch mean of −Σ_c y_c log softmax(z)_c; written with log_softmax so it is smooth to any order."""
+  return -tf.reduce_mean(tf.reduce_sum(labels * tf.nn.log_softmax(logits), axis=-1))
+
+
+def make_schedule(num_rows, syn_steps, batch_syn, seed):
+  """Row indices of every student step: minibatches popped from random permutations of the rows.
+
+  Each permutation gives num_rows // batch_syn full minibatches (a ragged remainder is skipped, keeping
+  shapes static); a new permutation starts when one is used up.
+
+  Args:
+    num_rows: n, the number of synthetic images.
+    syn_steps: N.
+    batch_syn: rows per step (≤ n).
+    seed: stateless seed [2].
+  Returns:
+    int32 [N, batch_syn].
+  """
+  per_perm = num_rows // batch_syn
+  if per_perm < 1:
+    raise ValueError(f"batch_syn={batch_syn} exceeds the number of synthetic images ({num_rows}).")
+  num_perms = -(-syn_steps // per_perm)
+  keys = tf.random.stateless_uniform([num_perms, num_rows], seed=seed)
+  perms = tf.cast(tf.argsort(keys, axis=1), tf.int32)[:, :per_perm * batch_syn]
+  return tf.reshape(perms, [num_perms * per_perm, batch_syn])[:syn_steps]
+
+
+def sample_augmentations(strategy, syn_steps, batch_shape, seed):
+  """DSA parameters of every student step, stacked on a leading [N] axis (one fresh draw per step)."""
+  seeds = tf.random.experimental.stateless_split(seed, syn_steps)
+  draws = [augment.sample(strategy, batch_shape, seeds[i]) for i in range(syn_steps)]
+  return tf.nest.map_structure(lambda *p: tf.stack(p), *draws)
+
+
+def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, mode, augment_params=None,
+                       learn_labels=False, halve_tesla_image_grad=False):
+  """The matching loss L and its gradients w.r.t. the synthetic images, α and (optionally) the labels.
+
+  Args:
+    fmodel: a FlatModel (models/flat.py).
+    start: θ*_t [P].  target: θ*_{t+M} [P].
+    images: X̃ [n, h, w, c].  labels: Ỹ [n, C] probability rows.
+    lr: α, scalar.
+    schedule: int32 [N, batch_syn] row indices of each step (`make_schedule`).
+    mode: "unrolled", "tesla" or "exact".
+    augment_params: DSA parameters stacked on [N] (`sample_augmentations`), or None for no DSA.
+    learn_labels: also return ∂L/∂Ỹ.
+    halve_tesla_image_grad: tesla mode only — halve the image gradient as the public TESLA code does
+      (it multiplies a tuple by 2, repeating it instead of doubling the gradient). For comparisons only.
+  Returns:
+    MatchResult(loss scalar, images_grad [n, h, w, c], lr_grad scalar, labels_grad [n, C] or None).
+  """
+  if mode not in MODES:
+    raise ValueError(f"Unknown matching mode {mode!r}; expected one of {MODES}.")
+  dtype = images.dtype
+  start, target = tf.cast(start, dtype), tf.cast(target, dtype)
+  labels, lr = tf.cast(labels, dtype), tf.cast(lr, dtype)
+  start_dist = tf.reduce_sum(tf.square(start - target))
+
+  def batch(i):
+    idx = schedule[i]
+    aug = None if augment_params is None else tf.nest.map_structure(lambda p: p[i], augment_params)
+    return idx, tf.gather(images, idx), tf.gather(labels, idx), aug
+
+  def step_gradient(theta, x, y, aug):
+    """g = ∇_θ CE(θ; DSA(x), y), recorded by any enclosing tape."""
+    if aug is not None:
+      x = augment.apply(x, aug)
+    with tf.GradientTape() as tape:
+      tape.watch(theta)
+      loss = soft_cross_entropy(y, fmodel.apply(theta, x))
+    return tape.gradient(loss, theta)
+
+  if mode == "unrolled":
+    return _unrolled(start, target, images, labels, lr, schedule, start_dist, batch, step_gradient,
+                     learn_labels)
+
+  # Pass 1: the student's N steps, no graph kept; cache θ̂_i.
+  num_steps = tf.shape(schedule)[0]
+
+  def forward(i, theta, cache):
+    _, x, y, aug = batch(i)
+    cache = cache.write(i, theta)
+    return i + 1, theta - lr * step_gradient(theta, x, y, aug), cache
+
+  cache = tf.TensorArray(dtype, size=num_steps, element_shape=start.shape)
+  _, theta_n, cache = tf.while_loop(lambda i, *_: i < num_steps, forward,
+                                    (tf.constant(0), start, cache))
+  loss = tf.reduce_sum(tf.square(theta_n - target)) / start_dist
+  adjoint = 2.0 * (theta_n - target) / start_dist
+
+  # Pass 2: recompute each step's double-backward; in exact mode, in reverse order, carrying λ.
+  exact = mode == "exact"
+
+  def backward(i, adj, images_grad, lr_grad, labels_grad):
+    idx, x, y, aug = batch(i)
+    theta = cache.read(i)
+    with tf.GradientTape() as tape:
+      tape.watch([theta, x, y])
+      s = tf.reduce_sum(adj * step_gradient(theta, x, y, aug))
+    sources = [x] + ([theta] if exact else []) + ([y] if learn_labels else [])
+    grads = tape.gradient(s, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    images_grad = tf.tensor_scatter_nd_add(images_grad, idx[:, None], -lr * grads[0])
+    if learn_labels:
+      labels_grad = tf.tensor_scatter_nd_add(labels_grad, idx[:, None], -lr * grads[-1])
+    if exact:
+      adj = adj - lr * grads[1]
+    return i - 1, adj, images_grad, lr_grad - s, labels_grad
+
+  _, _, images_grad, lr_grad, labels_grad = tf.while_loop(
+      lambda i, *_: i >= 0, backward,
+      (num_steps - 1, adjoint, tf.zeros_like(images), tf.zeros([], dtype), tf.zeros_like(labels)))
+  if mode == "tesla" and halve_tesla_image_grad:
+    images_grad = 0.5 * images_grad
+  return MatchResult(loss, images_grad, lr_grad, labels_grad if learn_labels else None)
+
+
+def _unrolled(start, target, images, labels, lr, schedule, start_dist, batch, step_gradient, learn_labels):
+  """MTT: one tape over all N steps (a Python loop, so N must be static), then a single backward pass."""
+  with tf.GradientTape() as tape:
+    tape.watch([images, labels, lr])
+    theta = start
+    for i in range(schedule.shape[0]):
+      _, x, y, aug = batch(i)
+      theta = theta - lr * step_gradient(theta, x, y, aug)
+    loss = tf.reduce_sum(tf.square(theta - target)) / start_dist
+  images_grad, lr_grad, labels_grad = tape.gradient(
+      loss, [images, lr, labels], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return MatchResult(loss, tf.convert_to_tensor(images_grad), lr_grad,
+                     tf.convert_to_tensor(labels_grad) if learn_labels else None)

@@ -1,0 +1,39 @@
+"""Network registry: `build(name, num_classes, image_shape, **kw)` for every architecture of the project."""
+
+import functools
+
+from tesla_tf.models import classic
+from tesla_tf.models.convnet import convnet
+from tesla_tf.models.flat import FlatModel
+
+ARCHITECTURES = {
+    "convnet": convnet,
+    "convnet_d3": functools.partial(convnet, depth=3),
+    "convnet_d4": functools.partial(convnet, depth=4),
+    "convnet_d5": functools.partial(convnet, depth=5),
+    "alexnet": classic.alexnet,
+    "vgg11": classic.vgg11,
+    "resnet18": classic.resnet18,
+    "resnet18_ap": classic.resnet18_ap,
+}
+
+
+def build(name, num_classes, image_shape, seed=0, **kwargs):
+  """Builds architecture `name` (case-insensitive) with PyTorch-style initial weights drawn from `seed`.
+
+  Args:
+    name: a key of ARCHITECTURES.
+    num_classes: number of logits.
+    image_shape: (h, w, c).
+    seed: int seed of the initial weights.
+    **kwargs: architecture options (e.g. `width`, `depth` for the ConvNet).
+  Returns:
+    A keras.Model from [b, h, w, c] images to [b, num_classes] logits.
+  """
+  key = name.lower()
+  if key not in ARCHITECTURES:
+    raise ValueError(f"Unknown model {name!r}; expected one of {sorted(ARCHITECTURES)}.")
+  model = ARCHITECTURES[key](num_classes, tuple(image_shape), **kwargs)
+  flat = FlatModel(model)
+  flat.set_flat(flat.initial_flat(seed))
+  return model

@@ -1,0 +1,69 @@
+"""Layers with correct second derivatives, and PyTorch-style initialisation.
+
+`tf.nn.moments`, `keras.ops.moments` and the Keras normalisation layers stop the gradient through the mean
+inside the variance. First-order gradients stay right, second-order ones (through an inner SGD step, as in
+trajectory matching) come out wrong. The instance norm here is written out by hand so that every op has its
+true derivative to any order.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class InstanceNorm(keras.layers.Layer):
+  """Per-sample, per-channel normalisation over H and W with a learnable affine map.
+
+  y = (x − mean) / sqrt(var + eps) · γ + β, mean and biased variance over the spatial axes of each sample
+  and channel. Input and output are [b, h, w, c].
+  """
+
+  def __init__(self, epsilon=1e-5, **kwargs):
+    super().__init__(**kwargs)
+    self.epsilon = epsilon
+
+  def build(self, input_shape):
+    channels = input_shape[-1]
+    self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
+    self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+
+  def call(self, x):
+    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    centred = x - mean
+    var = tf.reduce_mean(tf.square(centred), axis=[1, 2], keepdims=True)
+    return centred * tf.math.rsqrt(var + self.epsilon) * self.gamma + self.beta
+
+  def get_config(self):
+    return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def torch_init(variables, seed):
+  """PyTorch's default initial values for a model's trainable variables (what the published lrs assume).
+
+  Kernels and biases ~ U(−1/√fan_in, 1/√fan_in), fan_in = k·k·in_channels or in_features (a bias takes
+  the fan-in of the kernel of its layer); instance-norm γ = 1, β = 0.
+
+  Args:
+    variables: the model's trainable variables, each with a Keras `.path` ("layer/kernel", ...).
+    seed: int; the same seed gives the same values.
+  Returns:
+    A list of tensors, one per variable, in the same order.
+  """
+  kernels = {v.path.rsplit("/", 1)[0]: v for v in variables if v.path.endswith("/kernel")}
+  values = []
+  for index, v in enumerate(variables):
+    layer, kind = v.path.rsplit("/", 1)
+    if kind in ("kernel", "bias"):
+      fan_in = int(np.prod(kernels[layer].shape[:-1]))
+      bound = 1.0 / math.sqrt(fan_in)
+      values.append(tf.random.stateless_uniform(v.shape, seed=[seed, index], minval=-bound, maxval=bound,
+                                                dtype=v.dtype))
+    elif kind == "gamma":
+      values.append(tf.ones(v.shape, v.dtype))
+    elif kind == "beta":
+      values.append(tf.zeros(v.shape, v.dtype))
+    else:
+      raise ValueError(f"No initialisation rule for variable {v.path!r}.")
+  return values
