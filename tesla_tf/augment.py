@@ -96,13 +96,31 @@ def _identity(b):
   }
 
 
+def _split(seed, num):
+  """Derives num sub-seeds [num, 2] (int64 in [0, 2**32)) from a seed [2].
+
+  XLA and the TF kernels scramble seed bits above 32 differently, so seeds are folded to 32 bits
+  (high word xor low word) before and after the split; jit_compile then reproduces eager draws.
+  """
+  def fold(s):
+    s = tf.cast(s, tf.int64)
+    return tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(s, tf.bitwise.right_shift(s, 32)), 0xFFFFFFFF)
+  return fold(tf.random.experimental.stateless_split(fold(seed), num=num))
+
+
 def _uniform(seed, shape, minval=0.0, maxval=1.0, dtype=tf.float32):
-  return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval, dtype=dtype)
+  """Stateless uniform draw in [minval, maxval); integers when dtype is int32."""
+  if dtype == tf.int32:
+    return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval, dtype=tf.int32)
+  # Floats are built from integer draws: XLA converts random bits to floats differently from the
+  # TF kernels, while integer draws agree, so this keeps jit_compile and eager results identical.
+  bits = tf.random.stateless_uniform(shape, seed, minval=0, maxval=1 << 24, dtype=tf.int32)
+  return minval + (maxval - minval) * (tf.cast(bits, tf.float32) * (1.0 / (1 << 24)))
 
 
 def _family_values(name, seed, b, h, w):
   """Draws the non-identity params entries of one family; returns a dict of the keys it changes."""
-  seeds = tf.random.experimental.stateless_split(seed, num=4)
+  seeds = _split(seed, 3)
   if name == "color":
     return {"brightness": _uniform(seeds[0], [b]) - 0.5,
             "saturation": _uniform(seeds[1], [b]) * 2.0,
@@ -153,7 +171,7 @@ def sample(kind_or_strategy, batch_shape, seed):
   params = _identity(b)
   if not families:
     return params
-  streams = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed), num=_NUM_STREAMS)
+  streams = _split(tf.convert_to_tensor(seed), _NUM_STREAMS)
   choice = _uniform(streams[0], [], 0, len(families), tf.int32)
   family = tf.gather(tf.constant([FAMILIES.index(f) for f in families], tf.int32), choice)
   params["family"] = family

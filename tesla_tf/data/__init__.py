@@ -1,0 +1,1 @@
+"""Real data: dataset registry and loaders, preprocessing, tf.data pipelines, tf.data service helpers."""

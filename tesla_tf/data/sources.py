@@ -11,17 +11,20 @@ Sources, by dataset:
                         "test" split is the labelled val folder.
 A missing dataset fails at once with `DatasetNotFoundError` naming the paths tried and how to get it.
 
-The per-class index (`build_class_index`, `sample_per_class`, `take_positions`) draws IPC real images
-per class without rescanning a large dataset.
+The per-class index lives in `class_index` and is re-exported here.
 """
 
 import dataclasses
 import gzip
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
+
+# pylint: disable=unused-import  (re-exported: the class index belongs with the loaders' users)
+from tesla_tf.data.class_index import build_class_index, class_index_from_dataset, load_class_index
+from tesla_tf.data.class_index import sample_per_class, save_class_index, take_positions
+# pylint: enable=unused-import
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -76,12 +79,14 @@ DATASETS = {
     "fashion_mnist": DatasetInfo(
         "fashion_mnist", 10, (28, 28, 1),
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-         "Ankle boot"), (0.2861,), (0.3530,), "idx", "fashion_mnist", "/usr/share/datasets/fashion-mnist",
-        "apt-get install dataset-fashion-mnist, or put the four *-ubyte(.gz) IDX files in --data_dir"),
+         "Ankle boot"), (0.2861,), (0.3530,), "idx", "fashion_mnist",
+        debian_dir="/usr/share/datasets/fashion-mnist",
+        how_to_get="apt-get install dataset-fashion-mnist, or put the four *-ubyte(.gz) IDX files in "
+        "--data_dir"),
     "mnist": DatasetInfo(
         "mnist", 10, (28, 28, 1), tuple(str(i) for i in range(10)), (0.1307,), (0.3081,), "idx", "mnist",
-        "/usr/share/datasets/mnist",
-        "put the four MNIST *-ubyte(.gz) IDX files in --data_dir, or run `tfds build mnist`"),
+        debian_dir="/usr/share/datasets/mnist",
+        how_to_get="put the four MNIST *-ubyte(.gz) IDX files in --data_dir, or run `tfds build mnist`"),
     "cifar10": DatasetInfo(
         "cifar10", 10, (32, 32, 3),
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -96,8 +101,9 @@ DATASETS = {
         "(root holds wnids.txt, train/<wnid>/images/*.JPEG, val/images/, val/val_annotations.txt)"),
     "imagenet64": DatasetInfo(
         "imagenet64", 1000, (64, 64, 3), (), _IMAGENET_MEAN, _IMAGENET_STD, "imagenet64", _IMAGENET64_TFDS,
-        tfds_test_split="validation", how_to_get="prepare TFDS imagenet_resized/64x64 (manual download of Imagenet64_{train,val}_npz) "
-        "in --data_dir, or a folder <root>/{train,val}/<wnid>/*.png of 64x64 images"),
+        tfds_test_split="validation",
+        how_to_get="prepare TFDS imagenet_resized/64x64 (manual download of Imagenet64_{train,val}_npz) in "
+        "--data_dir, or a folder <root>/{train,val}/<wnid>/*.png of 64x64 images"),
 }
 
 
@@ -244,8 +250,10 @@ def imagenet64_label_remap(wnids=None):
 
 # Folders --------------------------------------------------------------------------------------------
 
-def _list_images(directory):
-  """Returns the sorted image file paths directly inside directory."""
+def _list_images(info, directory):
+  """Returns the sorted image file paths directly inside directory; raises if it is missing."""
+  if not os.path.isdir(directory):
+    raise _not_found(info, [directory])
   return sorted(e.path for e in os.scandir(directory)
                 if e.is_file() and e.name.lower().endswith(_IMAGE_SUFFIXES))
 
@@ -284,7 +292,7 @@ def _tiny_imagenet(split, data_dir):
   paths, labels = [], []
   if split == "train":
     for wnid, label in label_of.items():
-      files = _list_images(os.path.join(root, "train", wnid, "images"))
+      files = _list_images(info, os.path.join(root, "train", wnid, "images"))
       paths += files
       labels += [label] * len(files)
   else:
@@ -312,7 +320,7 @@ def _imagenet64_folder(split, root):
   for wnid in sorted(e.name for e in os.scandir(split_dir) if e.is_dir()):
     if wnid not in label_of:
       raise ValueError(f"{os.path.join(split_dir, wnid)}: not an ImageNet-1K WNID folder.")
-    files = _list_images(os.path.join(split_dir, wnid))
+    files = _list_images(info, os.path.join(split_dir, wnid))
     paths += files
     labels += [label_of[wnid]] * len(files)
   return _folder_dataset(info, paths, labels)
@@ -369,106 +377,3 @@ def load_numpy(name, split, data_dir=None, *, download=False):
   if not batches:
     return np.zeros((0,) + info.image_shape, np.uint8), np.zeros((0,), np.int32)
   return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
-
-
-# Per-class index ------------------------------------------------------------------------------------
-
-def build_class_index(labels, num_classes):
-  """Groups example positions by class.
-
-  Args:
-    labels: int [n] labels in dataset order.
-    num_classes: C.
-
-  Returns:
-    A list of C int64 arrays; entry c holds the ascending positions of class c.
-  """
-  labels = np.asarray(labels)
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}].")
-  order = np.argsort(labels, kind="stable")
-  counts = np.bincount(labels, minlength=num_classes)
-  return [p.astype(np.int64) for p in np.split(order, np.cumsum(counts)[:-1])]
-
-
-def class_index_from_dataset(ds, num_classes):
-  """Builds the class index of a (image, label) dataset in one pass over its labels."""
-  labels = [b for b in ds.map(lambda _, y: y).batch(8192).as_numpy_iterator()]
-  return build_class_index(np.concatenate(labels) if labels else np.zeros([0], np.int64), num_classes)
-
-
-def save_class_index(index, path):
-  """Writes the class index to `path` (.npz) atomically (temp file + rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
-    np.savez(f, positions=np.concatenate(index) if index else np.zeros([0], np.int64),
-             counts=np.array([len(p) for p in index], np.int64))
-  os.replace(f.name, path)
-
-
-def load_class_index(path):
-  """Reads a class index written by save_class_index; returns the list of C position arrays."""
-  with np.load(path) as data:
-    positions, counts = data["positions"], data["counts"]
-  return np.split(positions, np.cumsum(counts)[:-1])
-
-
-def sample_per_class(index, ipc, seed):
-  """Draws `ipc` distinct positions of every class, seeded.
-
-  Args:
-    index: class index (list of C position arrays).
-    ipc: examples per class.
-    seed: integer seed of a numpy Generator.
-
-  Returns:
-    int64 [C * ipc] positions, class-sorted (class 0's ipc positions first), ascending within a class.
-
-  Raises:
-    ValueError: a class has fewer than ipc examples.
-  """
-  rng = np.random.default_rng(seed)
-  chosen = []
-  for c, positions in enumerate(index):
-    if len(positions) < ipc:
-      raise ValueError(f"Class {c} has {len(positions)} examples, fewer than ipc={ipc}.")
-    chosen.append(np.sort(rng.choice(positions, size=ipc, replace=False)))
-  return np.concatenate(chosen).astype(np.int64) if chosen else np.zeros([0], np.int64)
-
-
-def take_positions(dataset, positions):
-  """Gathers the examples at `positions` from a dataset in one pass, in the order of `positions`.
-
-  Args:
-    dataset: a finite dataset of (image, label).
-    positions: int [k] example positions (repeats allowed).
-
-  Returns:
-    (images [k, ...], labels [k]) as numpy arrays.
-
-  Raises:
-    IndexError: a position lies beyond the end of the dataset.
-  """
-  positions = np.asarray(positions, np.int64)
-  wanted = np.unique(positions)
-  if wanted.size == 0:
-    spec = dataset.element_spec
-    return (np.zeros((0,) + tuple(spec[0].shape), spec[0].dtype.as_numpy_dtype),
-            np.zeros((0,), spec[1].dtype.as_numpy_dtype))
-  table = tf.constant(wanted)
-
-  def keep(i, _):
-    at = tf.minimum(tf.searchsorted(table, tf.reshape(i, [1]))[0], table.shape[0] - 1)
-    return tf.equal(table[at], i)
-
-  found = dataset.take(int(wanted[-1]) + 1).enumerate().filter(keep).batch(1024)
-  got_pos, images, labels = [], [], []
-  for i, (x, y) in found.as_numpy_iterator():
-    got_pos.append(i), images.append(x), labels.append(y)
-  got_pos = np.concatenate(got_pos) if got_pos else np.zeros([0], np.int64)
-  if got_pos.size != wanted.size:
-    missing = np.setdiff1d(wanted, got_pos)
-    raise IndexError(f"Positions {missing[:5].tolist()} lie beyond the end of the dataset.")
-  order = np.searchsorted(wanted, positions)
-  return np.concatenate(images)[order], np.concatenate(labels)[order]

@@ -1,0 +1,424 @@
+"""Export and import of distilled sets: TFRecord shards + metadata.json, also readable by TFDS.
+
+An export directory (`<run_dir>/distilled/` by default) holds:
+  distilled-train.tfrecord-XXXXX-of-YYYYY  shards of at most `shard_size` tf.train.Examples, one per
+                                           synthetic image, in the set's (class-sorted) order:
+      index       int64              position of the image in the set
+      image_raw   float32 [h, w, c]  the image in model space, stored as raw little-endian bytes
+                                     (bit-exact: this is what training on the set uses)
+      image       PNG, uint8 [h, w, c]  the same image in pixel space for viewing: preprocessor.invert,
+                                     clipped to [0, 1], rounded to 8 bits (lossy; never trained on)
+      label       int64              the hard label (argmax of the label row)
+      soft_label  float32 [C]        the label row (one-hot for hard-label sets)
+  metadata.json        what is needed to use the set: dataset, class names, image shape, C, IPC, n,
+                       the preprocessing (to_dict() of the preprocessor), the learned α (`lr`), the
+                       distillation model, the run's config, the project version, and every shard and
+                       preprocessing file with its size and sha256
+  zca.npz              ZCA matrices, for ZCA-whitened sets (preprocess.ZCA.save)
+  dataset_info.json, features.json, label.labels.txt
+                       TFDS metadata: `tfds.builder_from_directory(dir).as_dataset(split="train")`
+                       yields the same examples (TFDS may interleave shards; `index` gives the order)
+
+Exports are atomic: everything is written to a temporary directory beside `out_dir`, which replaces
+`out_dir` only once complete. Loading checks every file's size and sha256 first, so a truncated or
+corrupted shard is refused with its name instead of yielding garbage.
+
+Interchange for runs that have not exported yet: `save_npz` / `load_npz` (images, labels, lr and the
+metadata in one .npz; preprocessing files beside it).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import tesla_tf
+from tesla_tf.data import preprocess
+from tesla_tf.data import sources
+from tesla_tf.distill.synthetic import DistilledSet
+
+METADATA_FILE = "metadata.json"
+NPZ_FILE = "distilled.npz"
+EXPORT_DIR = "distilled"
+FORMAT = "tesla_tf.distilled/1"
+TFDS_NAME = "distilled"
+SPLIT = "train"
+FILE_SUFFIX = "tfrecord"
+FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+SHARD_SIZE = 1000
+_TFDS_FILES = ("dataset_info.json", "features.json")
+
+
+class CorruptExportError(ValueError):
+  """An export directory is incomplete or damaged; the message names the file."""
+
+
+def features(image_shape, class_names):
+  """The TFDS FeaturesDict of one exported example (shared by writer, reader and TFDS)."""
+  return tfds.features.FeaturesDict({
+      "index": tfds.features.Scalar(dtype=np.int64),
+      "image_raw": tfds.features.Tensor(shape=tuple(image_shape), dtype=np.float32,
+                                        encoding=tfds.features.Encoding.BYTES),
+      "image": tfds.features.Image(shape=tuple(image_shape), encoding_format="png"),
+      "label": tfds.features.ClassLabel(names=list(class_names)),
+      "soft_label": tfds.features.Tensor(shape=(len(class_names),), dtype=np.float32),
+  })
+
+
+def shard_name(shard, num_shards):
+  return f"{TFDS_NAME}-{SPLIT}.{FILE_SUFFIX}-{shard:05d}-of-{num_shards:05d}"
+
+
+def _sha256(path):
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _file_entry(directory, name, **extra):
+  path = os.path.join(directory, name)
+  return {"file": name, "bytes": os.path.getsize(path), "sha256": _sha256(path), **extra}
+
+
+def _json_safe(value):
+  """Converts numpy scalars/arrays and tuples to plain JSON values; anything else becomes its str."""
+  if isinstance(value, dict):
+    return {str(k): _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return _json_safe(value.tolist())
+  if isinstance(value, np.generic):
+    return value.item()
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return str(value)
+
+
+def _write_json(path, obj):
+  """Writes obj as JSON to path atomically (temp file + rename)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
+    json.dump(obj, f, indent=2, allow_nan=True)
+    f.write("\n")
+  os.replace(f.name, path)
+
+
+def class_names_for(dataset, num_classes):
+  """The dataset's class names when known and C matches, else "0", "1", ... (e.g. for synthetic tests)."""
+  try:
+    names = tuple(sources.class_names(dataset))
+  except (ValueError, OSError):  # unknown dataset, or names that need the data on disk
+    names = ()
+  return names if len(names) == num_classes else tuple(str(i) for i in range(num_classes))
+
+
+def resolve_preprocessor(distilled_set, preprocessor=None, preprocessing_dir=None):
+  """The preprocessor object of a set: the one given (checked against the set), or rebuilt.
+
+  Args:
+    distilled_set: the DistilledSet.
+    preprocessor: an already built preprocessor, or None.
+    preprocessing_dir: where files named by the set's preprocessing dict live (ZCA matrices).
+
+  Raises:
+    ValueError: the given preprocessor does not describe the set, or ZCA files cannot be found.
+  """
+  if preprocessor is not None:
+    if _json_safe(preprocessor.to_dict()) != _json_safe(distilled_set.preprocessing):
+      raise ValueError(f"The preprocessor {preprocessor.to_dict()} is not the set's preprocessing "
+                       f"{distilled_set.preprocessing}.")
+    return preprocessor
+  try:
+    return preprocess.from_dict(distilled_set.preprocessing, preprocessing_dir)
+  except (FileNotFoundError, TypeError) as e:
+    raise ValueError(f"The set's preprocessing {distilled_set.preprocessing} needs its files: pass the "
+                     f"preprocessor or the directory holding them (preprocessing_dir). {e}") from e
+
+
+def _pixel_png(images, preprocessor):
+  """PNG bytes of every image in pixel space (invert, clip to [0, 1], round to uint8)."""
+  pixels = tf.clip_by_value(preprocessor.invert(tf.constant(images)), 0.0, 1.0)
+  pixels = tf.cast(tf.round(pixels * 255.0), tf.uint8)
+  return [tf.io.encode_png(p).numpy() for p in pixels]
+
+
+def _check_set(distilled_set):
+  images, labels = np.asarray(distilled_set.images), np.asarray(distilled_set.labels)
+  if images.ndim != 4 or labels.ndim != 2 or images.shape[0] != labels.shape[0] or not images.shape[0]:
+    raise ValueError(f"A distilled set needs images [n, h, w, c] and labels [n, C] with the same n > 0, "
+                     f"got {images.shape} and {labels.shape}.")
+
+
+def _write(distilled_set, directory, prep, class_names, shard_size):
+  """Writes shards, preprocessing files, TFDS metadata and metadata.json into an empty directory."""
+  images = np.ascontiguousarray(distilled_set.images, dtype=np.float32)
+  labels = np.ascontiguousarray(distilled_set.labels, dtype=np.float32)
+  n, num_classes = labels.shape
+  feats = features(images.shape[1:], class_names)
+  pngs = _pixel_png(images, prep)
+  hard = distilled_set.hard_labels
+  num_shards = -(-n // shard_size)
+  shards = []
+  for shard in range(num_shards):
+    name = shard_name(shard, num_shards)
+    rows = range(shard * shard_size, min(n, (shard + 1) * shard_size))
+    with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
+      for i in rows:
+        writer.write(feats.serialize_example({
+            "index": i, "image_raw": images[i], "image": pngs[i], "label": int(hard[i]),
+            "soft_label": labels[i]}))
+    shards.append(_file_entry(directory, name, num_examples=len(rows)))
+
+  before = set(os.listdir(directory))
+  prep.save(directory)
+  extra_files = sorted(set(os.listdir(directory)) - before)
+
+  template = tfds.core.ShardedFileTemplate(
+      data_dir=directory, template=FILENAME_TEMPLATE, dataset_name=TFDS_NAME, split=SPLIT,
+      filetype_suffix=FILE_SUFFIX)
+  split = tfds.core.SplitInfo(name=SPLIT, shard_lengths=[s["num_examples"] for s in shards],
+                              num_bytes=sum(s["bytes"] for s in shards), filename_template=template)
+  tfds.folder_dataset.write_metadata(
+      data_dir=directory, features=feats, split_infos=[split], filename_template=template,
+      check_data=False, description=f"Distilled {distilled_set.dataset}, {distilled_set.ipc} images per "
+      "class (tesla_tf). image_raw is the exact model-space image; image is a viewable 8-bit PNG.")
+
+  metadata = {
+      "format": FORMAT,
+      "version": tesla_tf.__version__,
+      "dataset": distilled_set.dataset,
+      "class_names": list(class_names),
+      "image_shape": list(images.shape[1:]),
+      "num_classes": int(num_classes),
+      "ipc": int(distilled_set.ipc),
+      "num_examples": int(n),
+      "soft_labels": bool(distilled_set.soft),
+      "lr": float(distilled_set.lr),
+      "preprocessing": _json_safe(distilled_set.preprocessing),
+      "model": _json_safe(distilled_set.model),
+      "config": _json_safe(distilled_set.config),
+      "shards": shards,
+      "files": [_file_entry(directory, name) for name in extra_files],
+      "tfds": {"name": TFDS_NAME, "split": SPLIT, "filename_template": FILENAME_TEMPLATE},
+  }
+  _write_json(os.path.join(directory, METADATA_FILE), metadata)
+  return metadata
+
+
+def export(distilled_set, out_dir, *, preprocessor=None, preprocessing_dir=None, class_names=None,
+           shard_size=SHARD_SIZE):
+  """Writes a distilled set to out_dir (replacing an earlier export there only once complete).
+
+  Args:
+    distilled_set: the DistilledSet (images [n, h, w, c] float32 in model space, labels [n, C]).
+    out_dir: the export directory, e.g. <run_dir>/distilled.
+    preprocessor: the preprocessor the set lives in (needed for ZCA unless preprocessing_dir is given).
+    preprocessing_dir: directory holding the preprocessing files (zca.npz) named by the set's dict.
+    class_names: C names; default from the dataset registry (or "0".."C-1" when it does not match C).
+    shard_size: maximum examples per shard.
+
+  Returns:
+    The metadata dict written to metadata.json.
+  """
+  _check_set(distilled_set)
+  if shard_size < 1:
+    raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
+  prep = resolve_preprocessor(distilled_set, preprocessor, preprocessing_dir)
+  num_classes = np.shape(distilled_set.labels)[1]
+  class_names = tuple(class_names) if class_names else class_names_for(distilled_set.dataset, num_classes)
+  if len(class_names) != num_classes:
+    raise ValueError(f"{len(class_names)} class names for {num_classes} label columns.")
+
+  out_dir = os.path.abspath(out_dir)
+  parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+  try:
+    metadata = _write(distilled_set, tmp, prep, class_names, shard_size)
+    old = None
+    if os.path.exists(out_dir):
+      old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+      os.replace(out_dir, os.path.join(old, base))
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
+  return metadata
+
+
+def read_metadata(out_dir):
+  """Reads <out_dir>/metadata.json; a missing or unreadable file is a CorruptExportError naming it."""
+  path = os.path.join(out_dir, METADATA_FILE)
+  if not os.path.isfile(path):
+    raise CorruptExportError(f"Not a distilled-set export: {path} is missing (an export is written by "
+                             "tesla_tf.data.distilled.export / tools/export.py).")
+  try:
+    with open(path) as f:
+      metadata = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CorruptExportError(f"{path} is not readable JSON: {e}") from e
+  if metadata.get("format") != FORMAT:
+    raise CorruptExportError(f"{path} has format {metadata.get('format')!r}, expected {FORMAT!r}.")
+  return metadata
+
+
+def verify(out_dir, metadata=None):
+  """Checks that every shard and preprocessing file has the size and sha256 in metadata.json.
+
+  Raises:
+    CorruptExportError: naming the first missing, truncated or corrupted file.
+  """
+  metadata = metadata or read_metadata(out_dir)
+  for entry in metadata["shards"] + metadata.get("files", []):
+    path = os.path.join(out_dir, entry["file"])
+    if not os.path.isfile(path):
+      raise CorruptExportError(f"Distilled-set file {path} is missing.")
+    size = os.path.getsize(path)
+    if size != entry["bytes"]:
+      raise CorruptExportError(f"Distilled-set file {path} is truncated or damaged: {size} bytes, "
+                               f"metadata.json says {entry['bytes']}.")
+    if _sha256(path) != entry["sha256"]:
+      raise CorruptExportError(f"Distilled-set file {path} is corrupted: its sha256 does not match "
+                               "metadata.json.")
+
+
+def load(out_dir, *, check=True):
+  """Opens an export.
+
+  Args:
+    out_dir: the export directory.
+    check: verify sizes and checksums of every file first.
+
+  Returns:
+    (dataset, metadata): a tf.data.Dataset of dicts {"index": int64 [], "image_raw": float32 [h, w, c]
+    (model space, exact), "image": uint8 [h, w, c] (pixels), "label": int64 [], "soft_label":
+    float32 [C]} in the set's order, and the metadata dict.
+  """
+  metadata = read_metadata(out_dir)
+  if check:
+    verify(out_dir, metadata)
+  feats = features(metadata["image_shape"], metadata["class_names"])
+  files = [os.path.join(out_dir, s["file"]) for s in metadata["shards"]]
+  dataset = tf.data.TFRecordDataset(files).map(feats.deserialize_example)
+  return dataset, metadata
+
+
+def load_preprocessor(out_dir, metadata=None):
+  """The preprocessor of an export (ZCA matrices are read from out_dir)."""
+  metadata = metadata or read_metadata(out_dir)
+  return preprocess.from_dict(metadata["preprocessing"], out_dir)
+
+
+def load_set(out_dir, *, check=True):
+  """Reads an export back into a DistilledSet (images and labels bit-exact)."""
+  dataset, metadata = load(out_dir, check=check)
+  images = np.zeros([metadata["num_examples"]] + metadata["image_shape"], np.float32)
+  labels = np.zeros([metadata["num_examples"], metadata["num_classes"]], np.float32)
+  seen = 0
+  try:
+    for batch in dataset.batch(1024).as_numpy_iterator():
+      images[batch["index"]], labels[batch["index"]] = batch["image_raw"], batch["soft_label"]
+      seen += len(batch["index"])
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    raise CorruptExportError(f"A shard of {out_dir} cannot be read ({e.message.splitlines()[0]}); "
+                             f"files: {[s['file'] for s in metadata['shards']]}.") from e
+  if seen != metadata["num_examples"]:
+    raise CorruptExportError(f"{out_dir} holds {seen} examples, metadata.json says "
+                             f"{metadata['num_examples']}.")
+  return DistilledSet(images=images, labels=labels, lr=metadata["lr"], dataset=metadata["dataset"],
+                      ipc=metadata["ipc"], preprocessing=metadata["preprocessing"],
+                      model=metadata["model"], config=metadata["config"])
+
+
+def save_npz(distilled_set, path, *, preprocessor=None):
+  """Writes a set as one .npz (atomically) and its preprocessing files beside it.
+
+  Keys: images [n, h, w, c] float32, labels [n, C] float32, lr [] float64, metadata (JSON string of
+  dataset, ipc, preprocessing, model, config).
+  """
+  _check_set(distilled_set)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  if preprocessor is not None:
+    resolve_preprocessor(distilled_set, preprocessor).save(directory)
+  metadata = _json_safe({"dataset": distilled_set.dataset, "ipc": distilled_set.ipc,
+                         "preprocessing": distilled_set.preprocessing, "model": distilled_set.model,
+                         "config": distilled_set.config})
+  with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
+    np.savez(f, images=np.asarray(distilled_set.images, np.float32),
+             labels=np.asarray(distilled_set.labels, np.float32), lr=np.float64(distilled_set.lr),
+             metadata=np.array(json.dumps(metadata)))
+  os.replace(f.name, path)
+
+
+def load_npz(path):
+  """Reads a set written by save_npz; preprocessing files are looked up beside it."""
+  try:
+    with np.load(path) as data:
+      meta = json.loads(str(data["metadata"]))
+      return DistilledSet(images=data["images"], labels=data["labels"], lr=float(data["lr"]),
+                          dataset=meta["dataset"], ipc=meta["ipc"], preprocessing=meta["preprocessing"],
+                          model=meta["model"], config=meta.get("config", {}))
+  except (OSError, ValueError, KeyError) as e:
+    raise CorruptExportError(f"{path} is not a distilled-set .npz with keys images, labels, lr, "
+                             f"metadata: {e}") from e
+
+
+def load_any(path, preprocessing_dir=None):
+  """Reads a set from an export dir, a run dir (its distilled/ export, else distilled.npz) or an .npz.
+
+  Args:
+    path: the directory or .npz file.
+    preprocessing_dir: where the preprocessing files are (default: the export dir, or beside the .npz).
+
+  Returns:
+    (DistilledSet, preprocessor).
+  """
+  if os.path.isdir(path) and not os.path.exists(os.path.join(path, METADATA_FILE)):
+    if os.path.isdir(os.path.join(path, EXPORT_DIR)):
+      path = os.path.join(path, EXPORT_DIR)
+    elif os.path.isfile(os.path.join(path, NPZ_FILE)):
+      path = os.path.join(path, NPZ_FILE)
+    else:
+      raise FileNotFoundError(f"{path} holds no distilled set: expected {METADATA_FILE} (an export), "
+                              f"{EXPORT_DIR}/ or {NPZ_FILE} (a run directory).")
+  if os.path.isdir(path):
+    distilled_set = load_set(path)
+  elif os.path.isfile(path):
+    distilled_set = load_npz(path)
+  else:
+    raise FileNotFoundError(f"No distilled set at {path}.")
+  directory = preprocessing_dir or (path if os.path.isdir(path) else os.path.dirname(path))
+  return distilled_set, resolve_preprocessor(distilled_set, preprocessing_dir=directory)
+
+
+def export_from(source, out_dir=None, *, preprocessing_dir=None, shard_size=SHARD_SIZE):
+  """Exports the set found at `source` (see load_any) to out_dir.
+
+  Args:
+    source: export dir, run dir or .npz.
+    out_dir: the export directory; default <source>/distilled for a directory, else beside the .npz.
+    preprocessing_dir: where the preprocessing files are, when not beside the source.
+    shard_size: maximum examples per shard.
+
+  Returns:
+    (out_dir, metadata).
+  """
+  distilled_set, prep = load_any(source, preprocessing_dir)
+  if not out_dir:
+    if os.path.isfile(os.path.join(source, METADATA_FILE)):
+      out_dir = source
+    else:
+      out_dir = os.path.join(source if os.path.isdir(source) else os.path.dirname(source), EXPORT_DIR)
+  return out_dir, export(distilled_set, out_dir, preprocessor=prep, shard_size=shard_size)

@@ -1,0 +1,300 @@
+"""The outer distillation loop (REFERENCE §2): experts in, a distilled set out, resumable at any point.
+
+A run directory is the unit of an experiment: re-running into it resumes from its last checkpoint, and a
+resumed run equals an uninterrupted one (all randomness comes from a checkpointed tf.random.Generator and
+the expert rotation state is checkpointed too).
+"""
+
+import dataclasses
+import json
+import os
+import resource
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tesla_tf import experts, models, summaries
+from tesla_tf.data import class_index, preprocess, sources
+from tesla_tf.distill import labels as labels_lib
+from tesla_tf.distill import matching
+from tesla_tf.distill.synthetic import DistilledSet
+from tesla_tf.models.flat import FlatModel
+
+LABEL_MODES = ("hard", "teacher", "learned")
+PIX_INITS = ("real", "noise")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """Settings of one distillation run; field names follow the field's flags (REFERENCE §8)."""
+  dataset: str
+  store_dir: str
+  run_dir: str
+  data_dir: Optional[str] = None
+  ipc: int = 1
+  syn_steps: int = 20
+  expert_epochs: int = 2
+  max_start_epoch: int = 20
+  lr_img: float = 1000.0
+  lr_lr: float = 1e-5
+  lr_labels: float = 10.0
+  lr_teacher: Optional[float] = None   # α₀; None = the experts' learning rate
+  batch_syn: int = 0                   # 0 = all n synthetic images
+  pix_init: str = "real"
+  labels: str = "hard"
+  mode: str = "tesla"
+  halve_tesla_image_grad: bool = False
+  dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+  iterations: int = 5000
+  seed: int = 0
+  save_every: int = 100
+  log_every: int = 10
+  log_images_every: int = 500
+  max_image_classes: int = 100
+  eval_every: int = 0                  # 0 = only at the end (if eval_models)
+  eval_models: tuple = ()
+  num_eval: int = 3
+  eval_epochs: int = 1000
+  flags_text: str = ""
+
+
+class DivergenceError(RuntimeError):
+  """The matching loss became NaN/inf or α left (0, ∞); the last good checkpoint is kept."""
+
+
+def _sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
+  """PyTorch SGD (the published lr_img/lr_lr assume it): buf = m·buf + g; p −= lr·buf."""
+  buffer.assign(momentum * buffer + grad)
+  variable.assign_sub(lr * buffer)
+
+
+class Distiller:
+  """The learnable set, its optimiser state and the compiled iteration, all checkpointable."""
+
+  def __init__(self, config):
+    self.config = config
+    if config.labels not in LABEL_MODES:
+      raise ValueError(f"--labels must be one of {LABEL_MODES}, got {config.labels!r}.")
+    if config.pix_init not in PIX_INITS:
+      raise ValueError(f"--pix_init must be one of {PIX_INITS}, got {config.pix_init!r}.")
+    if config.mode not in matching.MODES:
+      raise ValueError(f"--mode must be one of {matching.MODES}, got {config.mode!r}.")
+    self.store = experts.TrajectoryStore(config.store_dir)
+    manifest = self.store.manifest
+    if manifest["dataset"] != config.dataset:
+      raise ValueError(f"--store_dir={config.store_dir} holds experts of {manifest['dataset']!r}, "
+                       f"not of --dataset={config.dataset!r}.")
+    self.info = sources.get_info(config.dataset)
+    needed = config.max_start_epoch + config.expert_epochs
+    if needed > manifest["epochs"]:
+      raise ValueError(f"--max_start_epoch + --expert_epochs = {needed} exceeds the experts' "
+                       f"{manifest['epochs']} epochs in {config.store_dir}.")
+    self.experts = self.store.finished()
+    if not self.experts:
+      raise ValueError(f"--store_dir={config.store_dir} has no finished expert; run tools/train_experts.py.")
+    self.preprocessor = preprocess.from_dict(manifest["preprocessing"], config.store_dir)
+    self.model_spec = {"name": manifest["model"], **manifest.get("model_kwargs", {})}
+    model = models.build(manifest["model"], self.info.num_classes, self.info.image_shape,
+                         **manifest.get("model_kwargs", {}))
+    self.fmodel = FlatModel(model)
+    if self.fmodel.num_params != self.store.read(self.experts[0], epochs=[0]).shape[1]:
+      raise ValueError(f"The experts in {config.store_dir} do not match model {self.model_spec}.")
+
+    num_classes, n = self.info.num_classes, self.info.num_classes * config.ipc
+    self.batch_syn = config.batch_syn or n
+    self.generator = tf.random.Generator.from_seed(config.seed)
+    self.images = tf.Variable(self._initial_images(), name="images")
+    self.images_buf = tf.Variable(tf.zeros_like(self.images), name="images_momentum")
+    alpha0 = config.lr_teacher if config.lr_teacher is not None else manifest["lr_teacher"]
+    self.syn_lr = tf.Variable(float(alpha0), dtype=tf.float32, name="syn_lr")
+    self.syn_lr_buf = tf.Variable(0.0, name="syn_lr_momentum")
+    self.hard = labels_lib.hard_labels(num_classes, config.ipc)
+    self.label_logits = self.label_buf = None
+    if config.labels == "learned":
+      logits = self.fmodel.apply(self._label_teacher(), self.images, training=False)
+      self.label_logits = tf.Variable(logits, name="label_logits")
+      self.label_buf = tf.Variable(tf.zeros_like(logits), name="label_momentum")
+    self.iteration = tf.Variable(0, dtype=tf.int64, name="iteration")
+    self.cycle = tf.Variable(0, dtype=tf.int64, name="expert_cycle")
+    self.position = tf.Variable(0, dtype=tf.int64, name="expert_position")
+    self.step = tf.function(self._step, reduce_retracing=True)
+
+  # -- set-up ------------------------------------------------------------------------------------
+  def _initial_images(self):
+    """IPC real training images per class (model space, class-sorted), or N(0, 1) noise."""
+    c = self.config
+    shape = (self.info.num_classes * c.ipc,) + tuple(self.info.image_shape)
+    if c.pix_init == "noise":
+      return tf.random.stateless_normal(shape, seed=[c.seed, 7])
+    train = sources.load(c.dataset, "train", c.data_dir)
+    index_path = os.path.join(c.store_dir, "class_index_train.npz")
+    if os.path.exists(index_path):
+      index = class_index.load_class_index(index_path)
+    else:
+      index = class_index.class_index_from_dataset(train, self.info.num_classes)
+      class_index.save_class_index(index, index_path)
+    positions = class_index.sample_per_class(index, c.ipc, c.seed)
+    images, _ = class_index.take_positions(train, positions)
+    return tf.cast(self.preprocessor.apply(images), tf.float32)
+
+  def _label_teacher(self):
+    """θ of the expert that labels the delivered set: the first expert at the latest target epoch
+    used in distillation (t + M with t = max_start_epoch − 1)."""
+    epoch = self.config.max_start_epoch - 1 + self.config.expert_epochs
+    return tf.constant(self.store.read(self.experts[0], epochs=[epoch])[0])
+
+  def checkpoint(self):
+    """Everything a resumed run needs to continue exactly."""
+    state = dict(images=self.images, images_buf=self.images_buf, syn_lr=self.syn_lr,
+                 syn_lr_buf=self.syn_lr_buf, generator=self.generator, iteration=self.iteration,
+                 cycle=self.cycle, position=self.position)
+    if self.label_logits is not None:
+      state.update(label_logits=self.label_logits, label_buf=self.label_buf)
+    return tf.train.Checkpoint(**state)
+
+  # -- one iteration -----------------------------------------------------------------------------
+  def next_expert(self):
+    """The next expert of the seeded rotation (a fresh shuffle every cycle through the store)."""
+    order = self.store.order(self.config.seed, int(self.cycle.numpy()))
+    index = order[int(self.position.numpy())]
+    self.position.assign_add(1)
+    if int(self.position.numpy()) == len(order):
+      self.position.assign(0)
+      self.cycle.assign_add(1)
+    return index
+
+  def _labels(self, target, schedule):
+    """Ỹ of this iteration ([n, C] probability rows) and the tape source for learned labels."""
+    if self.config.labels == "teacher":
+      return labels_lib.teacher_labels_for_schedule(self.fmodel, target, self.images, schedule,
+                                                    self.info.num_classes)
+    if self.config.labels == "learned":
+      return tf.nn.softmax(self.label_logits)
+    return self.hard
+
+  def _step(self, start, target, seeds):
+    """One outer iteration: matching gradients, then SGD(momentum 0.5) on images, α (and labels)."""
+    c = self.config
+    n = self.images.shape[0]
+    schedule = matching.make_schedule(n, c.syn_steps, self.batch_syn, seeds[0])
+    aug = None
+    if c.dsa_strategy != "none":
+      aug = matching.sample_augmentations(c.dsa_strategy, c.syn_steps,
+                                          [self.batch_syn] + list(self.images.shape[1:]), seeds[1])
+    with tf.GradientTape() as tape:
+      labels = self._labels(target, schedule)
+    result = matching.matching_gradients(
+        self.fmodel, start, target, self.images.value(), labels, self.syn_lr.value(), schedule,
+        mode=c.mode, augment_params=aug, learn_labels=c.labels == "learned",
+        halve_tesla_image_grad=c.halve_tesla_image_grad)
+    _sgd_momentum(self.images, self.images_buf, result.images_grad, c.lr_img)
+    _sgd_momentum(self.syn_lr, self.syn_lr_buf, result.lr_grad, c.lr_lr)
+    metrics = {"loss/matching": result.loss, "syn_lr": self.syn_lr.value(),
+               "grad_norm/images": tf.norm(result.images_grad), "grad/syn_lr": result.lr_grad}
+    if c.labels == "learned":
+      logits_grad = tape.gradient(labels, self.label_logits, output_gradients=result.labels_grad)
+      _sgd_momentum(self.label_logits, self.label_buf, logits_grad, c.lr_labels)
+      metrics["grad_norm/labels"] = tf.norm(logits_grad)
+    return metrics
+
+  def iterate(self):
+    """Draws the expert, t and the seeds on the host, runs the compiled step; returns its metrics."""
+    c = self.config
+    expert = self.next_expert()
+    start_epoch = int(self.generator.uniform([], 0, c.max_start_epoch, dtype=tf.int64).numpy())
+    segment = self.store.read(expert, epochs=[start_epoch, start_epoch + c.expert_epochs])
+    seeds = self.generator.make_seeds(2)
+    metrics = self.step(tf.constant(segment[0]), tf.constant(segment[1]),
+                        tf.transpose(tf.cast(seeds, tf.int32)))
+    self.iteration.assign_add(1)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    metrics["start_epoch"] = start_epoch
+    return metrics
+
+  # -- what is delivered -------------------------------------------------------------------------
+  def distilled_set(self):
+    """The current images, their labels (teacher / learned / hard) and α as a DistilledSet."""
+    if self.config.labels == "teacher":
+      label_rows = labels_lib.teacher_labels(self.fmodel, self._label_teacher(), self.images)
+    elif self.config.labels == "learned":
+      label_rows = tf.nn.softmax(self.label_logits)
+    else:
+      label_rows = self.hard
+    return DistilledSet(
+        images=self.images.numpy(), labels=np.asarray(label_rows, np.float32),
+        lr=float(self.syn_lr.numpy()), dataset=self.config.dataset, ipc=self.config.ipc,
+        preprocessing=self.preprocessor.to_dict(), model=self.model_spec,
+        config=dataclasses.asdict(self.config))
+
+
+def _peak_rss_gb():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _check_divergence(metrics, config):
+  loss, lr = metrics["loss/matching"], metrics["syn_lr"]
+  if not np.isfinite(loss):
+    raise DivergenceError(f"The matching loss became {loss}. Lower --lr_img (now {config.lr_img}) or "
+                          f"--max_start_epoch (now {config.max_start_epoch}); the last good checkpoint "
+                          f"in {config.run_dir}/checkpoints is kept.")
+  if not (np.isfinite(lr) and lr > 0):
+    raise DivergenceError(f"The learned step size α became {lr}. Lower --lr_lr (now {config.lr_lr}) or "
+                          f"--lr_img (now {config.lr_img}); the last good checkpoint in "
+                          f"{config.run_dir}/checkpoints is kept.")
+
+
+def distill(config, evaluate_fn=None):
+  """Runs (or resumes) a distillation into config.run_dir and exports the distilled set.
+
+  Args:
+    config: DistillConfig.
+    evaluate_fn: optional callable(distilled_set, step) run every config.eval_every iterations and at
+      the end (the tool passes tesla_tf.evaluate); its dict of scalars goes to TensorBoard.
+  Returns:
+    The final DistilledSet (also exported to <run_dir>/distilled).
+  """
+  from tesla_tf.data import distilled as distilled_io  # export format lives with the data layer
+
+  os.makedirs(config.run_dir, exist_ok=True)
+  distiller = Distiller(config)
+  manager = tf.train.CheckpointManager(distiller.checkpoint(), os.path.join(config.run_dir, "checkpoints"),
+                                       max_to_keep=3)
+  if manager.latest_checkpoint:
+    distiller.checkpoint().restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    logging.info("Resumed from %s at iteration %d.", manager.latest_checkpoint,
+                 int(distiller.iteration.numpy()))
+  writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
+  with writer.as_default():
+    if int(distiller.iteration.numpy()) == 0:
+      summaries.flags_text(config.flags_text or json.dumps(dataclasses.asdict(config), indent=1))
+    first, tick = int(distiller.iteration.numpy()), time.time()
+    while int(distiller.iteration.numpy()) < config.iterations:
+      it = int(distiller.iteration.numpy())
+      if it % config.log_images_every == 0:
+        pixels = distiller.preprocessor.invert(distiller.images)
+        tf.summary.image("synthetic", summaries.class_grid(pixels, config.ipc, config.max_image_classes),
+                         step=it)
+      metrics = distiller.iterate()
+      _check_divergence(metrics, config)
+      done = it + 1
+      if done % config.log_every == 0 or done == config.iterations:
+        rate = (done - first) / max(time.time() - tick, 1e-9)
+        metrics.update({"perf/iterations_per_s": rate, "perf/peak_rss_gb": _peak_rss_gb()})
+        summaries.scalars(metrics, done)
+        eta = (config.iterations - done) / max(rate, 1e-9)
+        logging.info("it %d/%d  loss %.4f  α %.5f  start %d  %.2f it/s  ETA %dm%02ds", done,
+                     config.iterations, metrics["loss/matching"], metrics["syn_lr"],
+                     metrics["start_epoch"], rate, eta // 60, eta % 60)
+      if done % config.save_every == 0 or done == config.iterations:
+        manager.save(checkpoint_number=done)
+      if evaluate_fn and config.eval_every and done % config.eval_every == 0 and done < config.iterations:
+        summaries.scalars(evaluate_fn(distiller.distilled_set(), done), done)
+    result = distiller.distilled_set()
+    distilled_io.export(result, os.path.join(config.run_dir, "distilled"))
+    if evaluate_fn:
+      summaries.scalars(evaluate_fn(result, config.iterations), config.iterations)
+  writer.flush()
+  return result

@@ -1,0 +1,545 @@
+"""Expert training (REFERENCE §1) and the trajectory store the distiller streams experts from.
+
+An expert is a network trained on real data with plain SGD; its trajectory is the [E+1, P] float32 array
+of its flat parameters (`FlatModel.get_flat`) at initialisation and after every epoch. `train_experts`
+trains experts `expert_start .. expert_start + num_experts - 1` with `keras.Model.fit` and a
+`TrajectoryRecorder` callback, and writes each one into a `TrajectoryStore`.
+
+Store layout (one directory):
+  manifest.json        what every expert in it shares (dataset, model, layout, preprocessing, recipe);
+                       created once, atomically, never rewritten.
+  zca.npz              the ZCA matrices when preprocessing is "zca" (fitted once per store).
+  expert_00000.npy     trajectory [E+1, P] float32, written to a temp file, fsynced, renamed.
+  expert_00000.json    per-expert info (seed, test accuracy per epoch, wall time), written the same way
+                       AFTER the .npy: an expert is finished iff its .json exists, so a crash at any
+                       point never leaves a half-written expert that reads as finished.
+Several processes may fill one store (disjoint `expert_start` ranges): only the per-expert files are
+written after creation.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tesla_tf import augment
+from tesla_tf import models
+from tesla_tf.data import pipeline
+from tesla_tf.data import preprocess
+from tesla_tf.data import sources
+from tesla_tf.models.flat import FlatModel
+
+MANIFEST = "manifest.json"
+FORMAT = "tesla_tf.trajectory_store/1"
+# Fields that must agree for two sets of experts to share one store.
+COMPAT_FIELDS = ("format", "dataset", "num_classes", "image_shape", "model", "model_kwargs", "num_params",
+                 "layout", "preprocessing", "epochs", "lr_teacher", "momentum", "batch_size",
+                 "augment_strategy", "seed", "max_train_examples")
+_EXPERT_RE = re.compile(r"^expert_(\d+)\.json$")
+_EVAL_BATCH = 1024
+
+
+class StoreMismatchError(ValueError):
+  """A store holds experts of another setting than the one asked for."""
+
+
+def _jsonable(value):
+  """Tuples → lists, numpy scalars → Python: the form a value takes after a json round trip."""
+  return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def _atomic_write(path, write_fn, mode="wb"):
+  """Writes `path` via write_fn(file) on a temp file in the same directory, fsync, then rename."""
+  directory = os.path.dirname(path) or "."
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, mode) as f:
+      write_fn(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  _fsync_dir(directory)
+
+
+def _fsync_dir(directory):
+  """Makes a rename durable (no-op where directories cannot be opened)."""
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+class TrajectoryStore:
+  """A directory of expert trajectories sharing one manifest.
+
+  Attributes:
+    path: the store directory.
+    manifest: dict read from manifest.json.
+  """
+
+  def __init__(self, path):
+    self.path = os.fspath(path)
+    manifest_path = os.path.join(self.path, MANIFEST)
+    if not os.path.isfile(manifest_path):
+      raise FileNotFoundError(
+          f"No trajectory store at {self.path}: {manifest_path} is missing. Create one with "
+          f"tools/train_experts.py --store_dir={self.path}.")
+    with open(manifest_path) as f:
+      self.manifest = json.load(f)
+    if self.manifest.get("format") != FORMAT:
+      raise ValueError(f"{manifest_path}: not a trajectory store manifest (format "
+                       f"{self.manifest.get('format')!r}, expected {FORMAT!r}).")
+
+  @classmethod
+  def create_or_open(cls, path, manifest_fields):
+    """Creates the store with `manifest_fields`, or opens it if it exists with the same fields.
+
+    Creation is atomic and exclusive (hard link of a complete temp file), so concurrent processes agree
+    on one manifest.
+
+    Args:
+      path: store directory (created if missing).
+      manifest_fields: dict of json-able values; the COMPAT_FIELDS it has must match an existing store.
+
+    Returns:
+      The TrajectoryStore.
+
+    Raises:
+      StoreMismatchError: the existing store was made for other settings; names the fields.
+    """
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    fields = _jsonable({"format": FORMAT, **manifest_fields})
+    manifest_path = os.path.join(path, MANIFEST)
+    if not os.path.exists(manifest_path):
+      fd, tmp = tempfile.mkstemp(dir=path, prefix="." + MANIFEST + ".", suffix=".tmp")
+      try:
+        with os.fdopen(fd, "w") as f:
+          json.dump({**fields, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f, indent=1)
+          f.flush()
+          os.fsync(f.fileno())
+        os.link(tmp, manifest_path)  # fails if another process created it first
+        _fsync_dir(path)
+      except FileExistsError:
+        pass
+      finally:
+        os.remove(tmp)
+    store = cls(path)
+    store.check_compatible({k: v for k, v in fields.items() if k in COMPAT_FIELDS})
+    return store
+
+  def check_compatible(self, expected):
+    """Raises StoreMismatchError naming every field of `expected` whose value differs in the manifest.
+
+    Args:
+      expected: dict field → value (e.g. dataset, model, model_kwargs, layout, preprocessing).
+    """
+    expected = _jsonable(expected)
+    bad = [k for k in expected if self.manifest.get(k) != expected[k]]
+    if bad:
+      details = "; ".join(f"{k}: store has {_short(self.manifest.get(k))}, asked for {_short(expected[k])}"
+                          for k in bad)
+      raise StoreMismatchError(
+          f"Trajectory store {self.path} was made for other settings ({details}). Use another "
+          f"--store_dir, or the store's settings.")
+
+  def _file(self, index, suffix):
+    return os.path.join(self.path, f"expert_{int(index):05d}{suffix}")
+
+  def is_finished(self, index):
+    return os.path.isfile(self._file(index, ".json"))
+
+  def finished(self):
+    """Sorted indices of the experts whose trajectory and info are completely written."""
+    return sorted(int(m.group(1)) for m in map(_EXPERT_RE.match, os.listdir(self.path)) if m)
+
+  def __len__(self):
+    return len(self.finished())
+
+  def write(self, index, trajectory, info):
+    """Stores expert `index` atomically: the trajectory first, then its info (which marks it finished).
+
+    Args:
+      index: expert index >= 0.
+      trajectory: float32 [E+1, P] flat parameters at epochs 0..E.
+      info: json-able dict (seed, accuracies, wall time...).
+    """
+    trajectory = np.asarray(trajectory, np.float32)
+    expected = (self.manifest["epochs"] + 1, self.manifest["num_params"])
+    if trajectory.shape != expected:
+      raise ValueError(f"Expert {index}: trajectory shape {trajectory.shape}, store {self.path} expects "
+                       f"[epochs + 1, num_params] = {list(expected)}.")
+    if not np.all(np.isfinite(trajectory)):
+      raise ValueError(f"Expert {index}: trajectory has NaN/inf (training diverged); lower --lr_teacher.")
+    _atomic_write(self._file(index, ".npy"), lambda f: np.save(f, trajectory))
+    record = _jsonable({**info, "index": int(index), "shape": list(trajectory.shape)})
+    _atomic_write(self._file(index, ".json"), lambda f: json.dump(record, f, indent=1), mode="w")
+
+  def info(self, index):
+    """The info dict written with expert `index`."""
+    self._check_index(index)
+    with open(self._file(index, ".json")) as f:
+      return json.load(f)
+
+  def read(self, index, epochs=None):
+    """Expert `index`'s trajectory, memory-mapped.
+
+    Args:
+      index: a finished expert index.
+      epochs: None (all E+1 rows), a slice, or a list of epoch numbers.
+
+    Returns:
+      float32 [E+1, P] (memmap), or the selected rows [k, P] (a memmap view for a slice, a copy for a list).
+    """
+    self._check_index(index)
+    trajectory = np.load(self._file(index, ".npy"), mmap_mode="r")
+    if epochs is None:
+      return trajectory
+    if isinstance(epochs, slice):
+      return trajectory[epochs]
+    rows = np.asarray(epochs, np.int64)
+    num_rows = trajectory.shape[0]
+    if rows.ndim != 1 or rows.size == 0 or rows.min() < 0 or rows.max() >= num_rows:
+      raise IndexError(f"epochs {list(rows.ravel())} out of range for expert {index} of {self.path} "
+                       f"(epochs 0..{num_rows - 1}).")
+    return np.asarray(trajectory[rows])
+
+  def _check_index(self, index):
+    if not self.is_finished(index):
+      done = self.finished()
+      have = (f"finished experts: {_short(done)}" if done else
+              f"no finished experts — run tools/train_experts.py --store_dir={self.path}")
+      raise KeyError(f"Expert {index} is not in trajectory store {self.path} ({have}).")
+
+  def order(self, seed, cycle):
+    """The finished experts in a seeded order: a pure function of (seed, cycle, the finished set).
+
+    Args:
+      seed: int seed of the rotation.
+      cycle: int pass number over the store; every cycle is reshuffled.
+
+    Returns:
+      int list, a permutation of finished().
+    """
+    done = self.finished()
+    if not done:
+      raise ValueError(f"Trajectory store {self.path} has no finished experts; run "
+                       f"tools/train_experts.py --store_dir={self.path} first.")
+    return [done[i] for i in np.random.default_rng([int(seed), int(cycle)]).permutation(len(done))]
+
+  def iterate(self, seed, start=0):
+    """Yields expert indices forever, cycle after cycle of `order(seed, cycle)`.
+
+    Args:
+      seed: int seed.
+      start: number of experts already consumed (resume: the sequence continues exactly).
+    """
+    position = int(start)
+    while True:
+      cycle, offset = divmod(position, len(self))
+      order = self.order(seed, cycle)
+      for index in order[offset:]:
+        yield index
+        position += 1
+
+  def __iter__(self):
+    return self.iterate(seed=0)
+
+
+def _short(value, limit=120):
+  text = json.dumps(value)
+  return text if len(text) <= limit else text[:limit] + "…"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig:
+  """Settings of `train_experts` (tools/train_experts.py flags, REFERENCE §1 defaults).
+
+  Attributes:
+    dataset: a key of sources.DATASETS.
+    store_dir: the trajectory store directory.
+    data_dir: where the dataset is (None = the loader's defaults).
+    model: a key of models.ARCHITECTURES.
+    model_kwargs: architecture options, a dict or tuple of (name, value) pairs (e.g. width, depth).
+    preprocessing: "normalize" or "zca".
+    num_experts: how many experts this call trains.
+    expert_start: index of the first one (disjoint ranges let several processes fill one store).
+    epochs: E, training epochs per expert.
+    lr_teacher: SGD learning rate (momentum 0, no weight decay).
+    batch_size: train batch size.
+    augment_strategy: DSA strategy or "none".
+    seed: base seed; expert i's init and data seeds derive from (seed, i).
+    data_service: tf.data service dispatcher "grpc://host:port", or None to read data here.
+    max_train_examples: use a seeded random subset of the train set of this size (None = all).
+    max_test_examples: evaluate on a seeded random subset of the test set of this size (None = all).
+    verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+  """
+  dataset: str
+  store_dir: str
+  data_dir: str | None = None
+  model: str = "convnet"
+  model_kwargs: tuple = ()
+  preprocessing: str = "normalize"
+  num_experts: int = 1
+  expert_start: int = 0
+  epochs: int = 50
+  lr_teacher: float = 0.01
+  batch_size: int = 256
+  augment_strategy: str = augment.STRATEGY
+  seed: int = 0
+  data_service: str | None = None
+  max_train_examples: int | None = None
+  max_test_examples: int | None = None
+  verbose: int = 1
+
+  def __post_init__(self):
+    kwargs = self.model_kwargs
+    object.__setattr__(self, "model_kwargs", tuple(sorted(dict(kwargs).items())))
+    sources.get_info(self.dataset)
+    if self.model.lower() not in models.ARCHITECTURES:
+      raise ValueError(f"Unknown model {self.model!r} (--model); expected one of "
+                       f"{sorted(models.ARCHITECTURES)}.")
+    if self.preprocessing not in preprocess.PREPROCESSORS:
+      raise ValueError(f"Unknown preprocessing {self.preprocessing!r} (--preprocessing); expected one "
+                       f"of {sorted(preprocess.PREPROCESSORS)}.")
+    augment.parse_strategy(self.augment_strategy)
+    for name, low in (("num_experts", 1), ("expert_start", 0), ("epochs", 1), ("batch_size", 1)):
+      if getattr(self, name) < low:
+        raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}.")
+    if not self.lr_teacher > 0:
+      raise ValueError(f"lr_teacher must be > 0, got {self.lr_teacher}.")
+    if self.max_test_examples is not None and self.max_test_examples < 1:
+      raise ValueError(f"max_test_examples must be >= 1, got {self.max_test_examples}.")
+    if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
+      raise ValueError(f"max_train_examples={self.max_train_examples} is smaller than one batch "
+                       f"(batch_size={self.batch_size}).")
+
+
+def expert_seeds(seed, index):
+  """(init seed, data seed) of expert `index`: a pure function of (seed, index)."""
+  init_seed, data_seed = np.random.SeedSequence([int(seed), int(index)]).generate_state(2)
+  return int(init_seed), int(data_seed)
+
+
+class TrajectoryRecorder(keras.callbacks.Callback):
+  """Records the flat parameters at the start of training (epoch 0) and after every epoch.
+
+  Attributes:
+    snapshots: list of float32 [P] numpy arrays.
+  """
+
+  def __init__(self, flat_model):
+    super().__init__()
+    self.flat_model = flat_model
+    self.snapshots = []
+
+  def _record(self):
+    self.snapshots.append(self.flat_model.get_flat().numpy().astype(np.float32))
+
+  def on_train_begin(self, logs=None):
+    self.snapshots = []
+    self._record()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._record()
+
+  def trajectory(self):
+    """float32 [E+1, P]."""
+    return np.stack(self.snapshots)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertData:
+  """The data every expert of a store uses.
+
+  Attributes:
+    train: dataset of (uint8 image, int label) examples.
+    num_train: number of examples in `train`.
+    test: dataset of (uint8 image, int label) test examples.
+    preprocessor: the store's preprocessing.
+  """
+  train: tf.data.Dataset
+  num_train: int
+  test: tf.data.Dataset
+  preprocessor: object
+
+
+def _count(ds):
+  count = int(ds.cardinality())
+  return count if count >= 0 else int(ds.reduce(0, lambda n, _: n + 1))
+
+
+def _subset(ds, size, seed):
+  """A seeded random subset of `size` examples of ds (all if smaller), as numpy (images, labels)."""
+  count = _count(ds)
+  positions = np.sort(np.random.default_rng(seed).choice(count, min(size, count), replace=False))
+  return sources.take_positions(ds, positions)
+
+
+def _train_examples(config):
+  """(train dataset, count, numpy images or None) honouring max_train_examples."""
+  info = sources.get_info(config.dataset)
+  if config.max_train_examples is not None:
+    images, labels = _subset(sources.load(config.dataset, "train", config.data_dir),
+                             config.max_train_examples, config.seed)
+  elif info.source == "idx" or config.preprocessing == "zca":
+    images, labels = sources.load_numpy(config.dataset, "train", config.data_dir)
+  else:
+    ds = sources.load(config.dataset, "train", config.data_dir)
+    return ds, _count(ds), None
+  return tf.data.Dataset.from_tensor_slices((images, labels)), len(labels), images
+
+
+def _test_examples(config):
+  ds = sources.load(config.dataset, "test", config.data_dir)
+  if config.max_test_examples is None:
+    return ds
+  return tf.data.Dataset.from_tensor_slices(_subset(ds, config.max_test_examples, config.seed))
+
+
+def _store_preprocessor(config, info, train_images):
+  """The store's preprocessing: ZCA is fitted once and saved in the store before its manifest."""
+  if os.path.isfile(os.path.join(config.store_dir, MANIFEST)):
+    existing = TrajectoryStore(config.store_dir).manifest.get("preprocessing", {})
+    if existing.get("kind") != config.preprocessing:  # refuse before touching the store's files
+      raise StoreMismatchError(
+          f"Trajectory store {config.store_dir} was made for other settings (preprocessing: store has "
+          f"{existing.get('kind')!r}, asked for {config.preprocessing!r}). Use another --store_dir, or "
+          "the store's settings.")
+    if existing["kind"] == "zca":
+      return preprocess.from_dict(existing, config.store_dir)
+  preprocessor = preprocess.build(config.preprocessing, info, train_images)
+  if config.preprocessing == "zca":
+    os.makedirs(config.store_dir, exist_ok=True)
+    target = os.path.join(config.store_dir, preprocessor.file_name)
+    with tempfile.TemporaryDirectory(dir=config.store_dir) as staging:
+      try:  # exclusive: the first process to fit wins, the others check they agree
+        os.link(preprocessor.save(staging), target)
+      except FileExistsError:
+        stored = preprocess.ZCA.load(config.store_dir, preprocessor.file_name)
+        if not np.allclose(stored.whiten, preprocessor.whiten, atol=1e-4):
+          raise StoreMismatchError(  # pylint: disable=raise-missing-from
+              f"{target} holds a ZCA fitted on other data than --dataset={config.dataset} with "
+              f"--max_train_examples={config.max_train_examples}; remove it or use another --store_dir.")
+  return preprocessor
+
+
+def manifest_fields(config, flat_model, preprocessor):
+  """The manifest of a store of experts trained with `config`."""
+  info = sources.get_info(config.dataset)
+  return {"dataset": config.dataset, "num_classes": info.num_classes, "image_shape": info.image_shape,
+          "model": config.model.lower(), "model_kwargs": dict(config.model_kwargs),
+          "num_params": flat_model.num_params, "layout": flat_model.layout(),
+          "preprocessing": preprocessor.to_dict(), "epochs": config.epochs,
+          "lr_teacher": config.lr_teacher, "momentum": 0.0, "batch_size": config.batch_size,
+          "augment_strategy": config.augment_strategy, "seed": config.seed,
+          "max_train_examples": config.max_train_examples}
+
+
+def open_store(config):
+  """Creates or opens the store of `config` and loads its data.
+
+  Returns:
+    (TrajectoryStore, ExpertData); the preprocessor is the one saved in the store.
+  """
+  info = sources.get_info(config.dataset)
+  train, num_train, train_images = _train_examples(config)
+  preprocessor = _store_preprocessor(config, info, train_images)
+  probe = FlatModel(models.build(config.model, info.num_classes, info.image_shape,
+                                 **dict(config.model_kwargs)))
+  store = TrajectoryStore.create_or_open(config.store_dir, manifest_fields(config, probe, preprocessor))
+  preprocessor = preprocess.from_dict(store.manifest["preprocessing"], store.path)
+  return store, ExpertData(train, num_train, _test_examples(config), preprocessor)
+
+
+def build_expert(config, index, hard_labels=True):
+  """Expert `index`'s network at its initial weights, compiled with the expert recipe.
+
+  Args:
+    config: ExpertConfig.
+    index: expert index; the init seed derives from (config.seed, index).
+    hard_labels: integer labels (sparse CE) or probability rows (CE with soft targets).
+
+  Returns:
+    A compiled keras.Model: plain SGD(lr_teacher, momentum 0), cross-entropy from logits, accuracy.
+  """
+  info = sources.get_info(config.dataset)
+  model = models.build(config.model, info.num_classes, info.image_shape,
+                       seed=expert_seeds(config.seed, index)[0], **dict(config.model_kwargs))
+  model.compile(
+      optimizer=keras.optimizers.SGD(config.lr_teacher, momentum=0.0),
+      loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=True) if hard_labels
+            else keras.losses.CategoricalCrossentropy(from_logits=True)),
+      metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy") if hard_labels
+               else keras.metrics.CategoricalAccuracy("accuracy")])
+  return model
+
+
+def train_expert(config, index, data):
+  """Trains expert `index` with Keras fit, recording its trajectory.
+
+  Args:
+    config: ExpertConfig.
+    index: expert index (its seeds derive from (config.seed, index)).
+    data: ExpertData.
+
+  Returns:
+    (trained keras.Model, trajectory float32 [E+1, P], info dict).
+  """
+  init_seed, data_seed = expert_seeds(config.seed, index)
+  use_service = config.data_service is not None
+  # Through the service one job serves the whole fit (repeat + steps_per_epoch): a fresh job per epoch
+  # would restart the workers' shuffle and augmentation seeds and repeat epoch 1's batches.
+  train = pipeline.train_pipeline(data.train, data.preprocessor, config.batch_size, seed=data_seed,
+                                  augment_strategy=config.augment_strategy, repeat=use_service,
+                                  data_service=config.data_service)
+  test = pipeline.eval_pipeline(data.test, data.preprocessor, _EVAL_BATCH)
+  model = build_expert(config, index, hard_labels=train.element_spec[1].dtype.is_integer)
+  recorder = TrajectoryRecorder(FlatModel(model))
+  start = time.time()
+  history = model.fit(train, epochs=config.epochs, validation_data=test, callbacks=[recorder],
+                      shuffle=False, steps_per_epoch=data.num_train // config.batch_size if use_service
+                      else None, verbose=config.verbose)
+  logs = {k: [round(float(v), 6) for v in values] for k, values in history.history.items()}
+  expert_info = {
+      "init_seed": init_seed, "data_seed": data_seed, "wall_time_s": round(time.time() - start, 3),
+      "test_accuracy": logs["val_accuracy"], "test_loss": logs["val_loss"],
+      "train_accuracy": logs["accuracy"], "train_loss": logs["loss"],
+      "num_train": data.num_train, "data_service": config.data_service, "host": socket.gethostname()}
+  return model, recorder.trajectory(), expert_info
+
+
+def train_experts(config):
+  """Trains experts expert_start .. expert_start + num_experts - 1 into the store, skipping finished ones.
+
+  Args:
+    config: ExpertConfig.
+
+  Returns:
+    The TrajectoryStore.
+  """
+  store, data = open_store(config)
+  for index in range(config.expert_start, config.expert_start + config.num_experts):
+    if store.is_finished(index):
+      logging.info("Expert %d already in %s, skipped.", index, store.path)
+      continue
+    _, trajectory, info = train_expert(config, index, data)
+    store.write(index, trajectory, info)
+    keras.backend.clear_session()
+  return store

@@ -1,0 +1,104 @@
+"""Distil a dataset with TESLA / MTT trajectory matching.
+
+  python tools/distill.py --flagfile=configs/imagenet50.cfg [--flag=value overrides ...]
+
+Parses flags into a DistillConfig and calls tesla_tf.distill.loop.distill. Re-running into the same
+--run_dir resumes from its last checkpoint.
+"""
+
+import os
+import tempfile
+
+from absl import app, flags, logging
+import tensorflow as tf
+
+from tesla_tf import augment
+from tesla_tf.data import sources
+from tesla_tf.distill import loop, matching
+
+FLAGS = flags.FLAGS
+
+# data
+flags.DEFINE_enum("dataset", "fashion_mnist", sorted(sources.DATASETS), "Dataset to distil.")
+flags.DEFINE_string("data_dir", None, "Where the dataset lives (default: the dataset's standard place).")
+# synthetic set
+flags.DEFINE_integer("ipc", 1, "Synthetic images per class.", lower_bound=1)
+flags.DEFINE_enum("pix_init", "real", list(loop.PIX_INITS), "Initialise from real images or N(0,1) noise.")
+flags.DEFINE_enum("labels", "hard", list(loop.LABEL_MODES),
+                  "hard one-hot; teacher = TESLA's expert soft labels; learned = learned soft labels.")
+# matching
+flags.DEFINE_enum("mode", "tesla", list(matching.MODES), "Gradient: tesla (first-order, constant memory), "
+                  "exact (adjoint, constant memory) or unrolled (MTT, memory linear in syn_steps).")
+flags.DEFINE_integer("syn_steps", 20, "N: student steps per iteration.", lower_bound=1)
+flags.DEFINE_integer("expert_epochs", 2, "M: expert epochs between start and target.", lower_bound=1)
+flags.DEFINE_integer("max_start_epoch", 20, "T+: start epoch drawn from [0, T+).", lower_bound=1)
+flags.DEFINE_float("lr_img", 1000.0, "Learning rate of the synthetic images.", lower_bound=0.0)
+flags.DEFINE_float("lr_lr", 1e-5, "Learning rate of the learned step size α.", lower_bound=0.0)
+flags.DEFINE_float("lr_labels", 10.0, "Learning rate of learned label logits (--labels=learned).",
+                   lower_bound=0.0)
+flags.DEFINE_float("lr_teacher", None, "Initial α (default: the experts' learning rate).")
+flags.DEFINE_integer("batch_syn", 0, "Synthetic images per student step (0 = all).", lower_bound=0)
+flags.DEFINE_string("dsa_strategy", augment.STRATEGY, "DSA families joined by '_', or 'none'.")
+flags.DEFINE_bool("halve_tesla_image_grad", False, "Reproduce the public TESLA code's halved image "
+                  "gradient (tesla mode; for comparisons only).")
+flags.DEFINE_integer("iterations", 5000, "Outer iterations.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of every random choice of the run.")
+# evaluation
+flags.DEFINE_list("eval_models", [], "Architectures to evaluate the set on (empty = no evaluation).")
+flags.DEFINE_integer("eval_every", 0, "Evaluate every this many iterations (0 = at the end only).",
+                     lower_bound=0)
+flags.DEFINE_integer("num_eval", 3, "Fresh networks per evaluation.", lower_bound=1)
+flags.DEFINE_integer("eval_epochs", 1000, "Epochs of each evaluation training.", lower_bound=1)
+# io
+flags.DEFINE_string("store_dir", None, "Expert trajectory store (from tools/train_experts.py).")
+flags.DEFINE_string("run_dir", None, "Run directory: checkpoints, TensorBoard, distilled set.")
+flags.DEFINE_integer("save_every", 100, "Checkpoint every this many iterations.", lower_bound=1)
+flags.DEFINE_integer("log_every", 10, "Log scalars every this many iterations.", lower_bound=1)
+flags.DEFINE_integer("log_images_every", 500, "Log an image grid every this many iterations.", lower_bound=1)
+flags.mark_flags_as_required(["store_dir", "run_dir"])
+
+
+@flags.validator("dsa_strategy", message="unknown DSA family (see tesla_tf.augment.FAMILIES)")
+def _valid_strategy(value):
+  try:
+    augment.parse_strategy(value)
+  except ValueError:
+    return False
+  return True
+
+
+def config_from_flags():
+  """The DistillConfig of the parsed flags."""
+  return loop.DistillConfig(
+      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, store_dir=FLAGS.store_dir, run_dir=FLAGS.run_dir,
+      ipc=FLAGS.ipc, syn_steps=FLAGS.syn_steps, expert_epochs=FLAGS.expert_epochs,
+      max_start_epoch=FLAGS.max_start_epoch, lr_img=FLAGS.lr_img, lr_lr=FLAGS.lr_lr,
+      lr_labels=FLAGS.lr_labels, lr_teacher=FLAGS.lr_teacher, batch_syn=FLAGS.batch_syn,
+      pix_init=FLAGS.pix_init, labels=FLAGS.labels, mode=FLAGS.mode,
+      halve_tesla_image_grad=FLAGS.halve_tesla_image_grad, dsa_strategy=FLAGS.dsa_strategy,
+      iterations=FLAGS.iterations, seed=FLAGS.seed, save_every=FLAGS.save_every, log_every=FLAGS.log_every,
+      log_images_every=FLAGS.log_images_every, eval_every=FLAGS.eval_every,
+      eval_models=tuple(FLAGS.eval_models), num_eval=FLAGS.num_eval, eval_epochs=FLAGS.eval_epochs,
+      flags_text=FLAGS.flags_into_string())
+
+
+def write_flags(run_dir):
+  """<run_dir>/flags.cfg: the effective flags, replayable with --flagfile (written atomically)."""
+  os.makedirs(run_dir, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=run_dir, delete=False, suffix=".tmp") as f:
+    f.write(FLAGS.flags_into_string())
+  os.replace(f.name, os.path.join(run_dir, "flags.cfg"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  tf.config.experimental.enable_op_determinism()
+  config = config_from_flags()
+  write_flags(config.run_dir)
+  loop.distill(config, evaluate_fn=loop.evaluator(config))
+  logging.info("Distilled set: %s", os.path.join(config.run_dir, "distilled"))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,42 @@
+"""Export a distilled set as TFRecord shards + metadata.json (readable by tfds.builder_from_directory).
+
+  python tools/export.py --source=RUN_DIR                 # -> RUN_DIR/distilled/
+  python tools/export.py --source=set.npz --out_dir=DIR
+  python tools/export.py --source=EXPORT_DIR --out_dir=DIR  # re-shard / copy an export
+
+--source is a run directory (its distilled/ export, else its distilled.npz), an export directory, or an
+.npz written by tesla_tf.data.distilled.save_npz (keys images, labels, lr, metadata). ZCA matrices are
+read from beside the source unless --preprocessing_dir says otherwise.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tesla_tf.data import distilled  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_string("source", None, "Run directory, export directory or .npz holding the distilled set.")
+flags.DEFINE_string("out_dir", "", "Export directory (default: <source>/distilled for a run directory).")
+flags.DEFINE_string("preprocessing_dir", "", "Directory holding the preprocessing files (zca.npz), "
+                    "default: beside the source.")
+flags.DEFINE_integer("shard_size", distilled.SHARD_SIZE, "Maximum examples per TFRecord shard.",
+                     lower_bound=1)
+flags.mark_flag_as_required("source")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  out_dir, metadata = distilled.export_from(FLAGS.source, FLAGS.out_dir or None,
+                                            preprocessing_dir=FLAGS.preprocessing_dir or None,
+                                            shard_size=FLAGS.shard_size)
+  print(f"Exported {metadata['num_examples']} examples ({metadata['dataset']}, {metadata['ipc']} per class, "
+        f"{len(metadata['shards'])} shards, lr {metadata['lr']:.6g}) to {out_dir}")
+
+
+if __name__ == "__main__":
+  app.run(main)
