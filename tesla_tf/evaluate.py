@@ -370,8 +370,8 @@ def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=No
       "lr_source": "config.lr" if config.lr is not None else "learned α of the set",
       "seeds": [config.seed + k for k in range(config.num_eval)],
       "random_subset_labels": label_source, "model_kwargs": used_kwargs,
-      "preprocessing": distilled._json_safe(distilled_set.preprocessing),  # pylint: disable=protected-access
-      "config": distilled._json_safe(dataclasses.asdict(config)),  # pylint: disable=protected-access
+      "preprocessing": distilled.json_safe(distilled_set.preprocessing),
+      "config": distilled.json_safe(dataclasses.asdict(config)),
       "version": tesla_tf.__version__, "seconds": time.time() - start,
   }
   if out_path:

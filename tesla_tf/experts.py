@@ -385,19 +385,23 @@ def _count(ds):
   return count if count >= 0 else int(ds.reduce(0, lambda n, _: n + 1))
 
 
-def _subset(ds, size, seed):
-  """A seeded random subset of `size` examples of ds (all if smaller), as numpy (images, labels)."""
+def _subset(config, split, size):
+  """A seeded random subset of `size` examples of a split (all if smaller), as numpy (images, labels)."""
+  rng = np.random.default_rng(config.seed)
+  if sources.get_info(config.dataset).source == "idx":  # in memory already: index it directly
+    images, labels = sources.load_numpy(config.dataset, split, config.data_dir)
+    positions = np.sort(rng.choice(len(labels), min(size, len(labels)), replace=False))
+    return images[positions], labels[positions]
+  ds = sources.load(config.dataset, split, config.data_dir)
   count = _count(ds)
-  positions = np.sort(np.random.default_rng(seed).choice(count, min(size, count), replace=False))
-  return sources.take_positions(ds, positions)
+  return sources.take_positions(ds, np.sort(rng.choice(count, min(size, count), replace=False)))
 
 
 def _train_examples(config):
   """(train dataset, count, numpy images or None) honouring max_train_examples."""
   info = sources.get_info(config.dataset)
   if config.max_train_examples is not None:
-    images, labels = _subset(sources.load(config.dataset, "train", config.data_dir),
-                             config.max_train_examples, config.seed)
+    images, labels = _subset(config, "train", config.max_train_examples)
   elif info.source == "idx" or config.preprocessing == "zca":
     images, labels = sources.load_numpy(config.dataset, "train", config.data_dir)
   else:
@@ -407,10 +411,9 @@ def _train_examples(config):
 
 
 def _test_examples(config):
-  ds = sources.load(config.dataset, "test", config.data_dir)
   if config.max_test_examples is None:
-    return ds
-  return tf.data.Dataset.from_tensor_slices(_subset(ds, config.max_test_examples, config.seed))
+    return sources.load(config.dataset, "test", config.data_dir)
+  return tf.data.Dataset.from_tensor_slices(_subset(config, "test", config.max_test_examples))
 
 
 def _store_preprocessor(config, info, train_images):

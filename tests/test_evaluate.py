@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from tesla_tf import evaluate
-from tesla_tf import models
 from tesla_tf.data import distilled
 from tesla_tf.distill import matching
 from tesla_tf.distill.synthetic import DistilledSet
@@ -122,6 +121,9 @@ def test_padded_last_batch_averages_over_real_rows():
   expected = -np.mean(np.sum(labels * np.log(_softmax(logits)), axis=1))
   loss, _ = trainer.train_epoch(tf.constant(images), tf.constant(labels), 0, 0, 0.0)
   assert loss == pytest.approx(expected, rel=1e-5)
+  trainer.reset(seed=1)  # another seed, epoch and lr reuse the same graph
+  trainer.train_epoch(tf.constant(images), tf.constant(labels), 7, 1, 0.3)
+  assert trainer.trace_count == 1
 
 
 def test_separable_problem_reaches_full_accuracy_and_writes_eval_json(tmp_path):

@@ -7,12 +7,14 @@ Parses flags into a DistillConfig and calls tesla_tf.distill.loop.distill. Re-ru
 """
 
 import os
+import sys
 import tempfile
 
 from absl import app, flags, logging
 import tensorflow as tf
 
-from tesla_tf import augment
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tesla_tf import augment  # pylint: disable=wrong-import-position
 from tesla_tf.data import sources
 from tesla_tf.distill import loop, matching
 
@@ -79,14 +81,20 @@ def config_from_flags():
       iterations=FLAGS.iterations, seed=FLAGS.seed, save_every=FLAGS.save_every, log_every=FLAGS.log_every,
       log_images_every=FLAGS.log_images_every, eval_every=FLAGS.eval_every,
       eval_models=tuple(FLAGS.eval_models), num_eval=FLAGS.num_eval, eval_epochs=FLAGS.eval_epochs,
-      flags_text=FLAGS.flags_into_string())
+      flags_text=own_flags_text())
+
+
+def own_flags_text():
+  """This tool's flags as `--name=value` lines (what flags.cfg holds and TensorBoard shows)."""
+  own = FLAGS.flags_by_module_dict().get(sys.argv[0]) or FLAGS.flags_by_module_dict().get(__name__, [])
+  return "\n".join(f.serialize() for f in own if f.serialize())
 
 
 def write_flags(run_dir):
   """<run_dir>/flags.cfg: the effective flags, replayable with --flagfile (written atomically)."""
   os.makedirs(run_dir, exist_ok=True)
   with tempfile.NamedTemporaryFile("w", dir=run_dir, delete=False, suffix=".tmp") as f:
-    f.write(FLAGS.flags_into_string())
+    f.write(own_flags_text() + "\n")
   os.replace(f.name, os.path.join(run_dir, "flags.cfg"))
 
 
@@ -96,7 +104,7 @@ def main(argv):
   tf.config.experimental.enable_op_determinism()
   config = config_from_flags()
   write_flags(config.run_dir)
-  loop.distill(config, evaluate_fn=loop.evaluator(config))
+  loop.distill(config)
   logging.info("Distilled set: %s", os.path.join(config.run_dir, "distilled"))
 
 

@@ -87,14 +87,14 @@ def _file_entry(directory, name, **extra):
   return {"file": name, "bytes": os.path.getsize(path), "sha256": _sha256(path), **extra}
 
 
-def _json_safe(value):
+def json_safe(value):
   """Converts numpy scalars/arrays and tuples to plain JSON values; anything else becomes its str."""
   if isinstance(value, dict):
-    return {str(k): _json_safe(v) for k, v in value.items()}
+    return {str(k): json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   if isinstance(value, np.ndarray):
-    return _json_safe(value.tolist())
+    return json_safe(value.tolist())
   if isinstance(value, np.generic):
     return value.item()
   if value is None or isinstance(value, (bool, int, float, str)):
@@ -133,7 +133,7 @@ def resolve_preprocessor(distilled_set, preprocessor=None, preprocessing_dir=Non
     ValueError: the given preprocessor does not describe the set, or ZCA files cannot be found.
   """
   if preprocessor is not None:
-    if _json_safe(preprocessor.to_dict()) != _json_safe(distilled_set.preprocessing):
+    if json_safe(preprocessor.to_dict()) != json_safe(distilled_set.preprocessing):
       raise ValueError(f"The preprocessor {preprocessor.to_dict()} is not the set's preprocessing "
                        f"{distilled_set.preprocessing}.")
     return preprocessor
@@ -203,9 +203,9 @@ def _write(distilled_set, directory, prep, class_names, shard_size):
       "num_examples": int(n),
       "soft_labels": bool(distilled_set.soft),
       "lr": float(distilled_set.lr),
-      "preprocessing": _json_safe(distilled_set.preprocessing),
-      "model": _json_safe(distilled_set.model),
-      "config": _json_safe(distilled_set.config),
+      "preprocessing": json_safe(distilled_set.preprocessing),
+      "model": json_safe(distilled_set.model),
+      "config": json_safe(distilled_set.config),
       "shards": shards,
       "files": [_file_entry(directory, name) for name in extra_files],
       "tfds": {"name": TFDS_NAME, "split": SPLIT, "filename_template": FILENAME_TEMPLATE},
@@ -352,7 +352,7 @@ def save_npz(distilled_set, path, *, preprocessor=None):
   os.makedirs(directory, exist_ok=True)
   if preprocessor is not None:
     resolve_preprocessor(distilled_set, preprocessor).save(directory)
-  metadata = _json_safe({"dataset": distilled_set.dataset, "ipc": distilled_set.ipc,
+  metadata = json_safe({"dataset": distilled_set.dataset, "ipc": distilled_set.ipc,
                          "preprocessing": distilled_set.preprocessing, "model": distilled_set.model,
                          "config": distilled_set.config})
   with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:

@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tesla_tf import experts, models, summaries
-from tesla_tf.data import class_index, preprocess, sources
+from tesla_tf import evaluate, experts, models, summaries
+from tesla_tf.data import class_index, distilled, preprocess, sources
 from tesla_tf.distill import labels as labels_lib
 from tesla_tf.distill import matching
 from tesla_tf.distill.synthetic import DistilledSet
@@ -100,8 +100,7 @@ class Distiller:
     model = models.build(manifest["model"], self.info.num_classes, self.info.image_shape,
                          **manifest.get("model_kwargs", {}))
     self.fmodel = FlatModel(model)
-    if self.fmodel.num_params != self.store.read(self.experts[0], epochs=[0]).shape[1]:
-      raise ValueError(f"The experts in {config.store_dir} do not match model {self.model_spec}.")
+    self.store.check_compatible({"layout": self.fmodel.layout()})
 
     num_classes, n = self.info.num_classes, self.info.num_classes * config.ipc
     self.batch_syn = config.batch_syn or n
@@ -114,7 +113,7 @@ class Distiller:
     self.hard = labels_lib.hard_labels(num_classes, config.ipc)
     self.label_logits = self.label_buf = None
     if config.labels == "learned":
-      logits = self.fmodel.apply(self._label_teacher(), self.images, training=False)
+      logits = self.fmodel.apply(self.label_teacher(), self.images, training=False)
       self.label_logits = tf.Variable(logits, name="label_logits")
       self.label_buf = tf.Variable(tf.zeros_like(logits), name="label_momentum")
     self.iteration = tf.Variable(0, dtype=tf.int64, name="iteration")
@@ -140,7 +139,7 @@ class Distiller:
     images, _ = class_index.take_positions(train, positions)
     return tf.cast(self.preprocessor.apply(images), tf.float32)
 
-  def _label_teacher(self):
+  def label_teacher(self):
     """θ of the expert that labels the delivered set: the first expert at the latest target epoch
     used in distillation (t + M with t = max_start_epoch − 1)."""
     epoch = self.config.max_start_epoch - 1 + self.config.expert_epochs
@@ -218,7 +217,7 @@ class Distiller:
   def distilled_set(self):
     """The current images, their labels (teacher / learned / hard) and α as a DistilledSet."""
     if self.config.labels == "teacher":
-      label_rows = labels_lib.teacher_labels(self.fmodel, self._label_teacher(), self.images)
+      label_rows = labels_lib.teacher_labels(self.fmodel, self.label_teacher(), self.images)
     elif self.config.labels == "learned":
       label_rows = tf.nn.softmax(self.label_logits)
     else:
@@ -246,20 +245,44 @@ def _check_divergence(metrics, config):
                           f"{config.run_dir}/checkpoints is kept.")
 
 
-def distill(config, evaluate_fn=None):
-  """Runs (or resumes) a distillation into config.run_dir and exports the distilled set.
+def _evaluator(config, distiller):
+  """A function (distilled_set, step) -> scalars evaluating the set and the random-subset baseline
+  (REFERENCE §7) on config.eval_models, writing <run_dir>/eval.json; None without eval_models."""
+  if not config.eval_models:
+    return None
+  eval_config = evaluate.EvalConfig(models=tuple(config.eval_models), num_eval=config.num_eval,
+                                    epochs=config.eval_epochs, augment_strategy=config.dsa_strategy,
+                                    seed=config.seed, data_dir=config.data_dir)
+  teacher = distiller.label_teacher()
 
-  Args:
-    config: DistillConfig.
-    evaluate_fn: optional callable(distilled_set, step) run every config.eval_every iterations and at
-      the end (the tool passes tesla_tf.evaluate); its dict of scalars goes to TensorBoard.
+  def labeler(images):  # the baseline gets the same kind of labels as the set (REFERENCE §10)
+    return labels_lib.teacher_labels(distiller.fmodel, teacher, tf.constant(images))
+
+  def run(distilled_set, step):
+    results = evaluate.evaluate_distilled(
+        distilled_set, eval_config, preprocessor=distiller.preprocessor,
+        baseline_labeler=labeler if config.labels != "hard" else None,
+        out_path=os.path.join(config.run_dir, "eval.json"))
+    scalars = {}
+    for kind in ("distilled", "random_subset"):
+      for arch, summary in (results.get(kind) or {}).items():
+        scalars[f"eval/{kind}/{arch}/final_accuracy_mean"] = summary["mean"]
+        scalars[f"eval/{kind}/{arch}/final_accuracy_std"] = summary["std"]
+    return scalars
+
+  return run
+
+
+def distill(config):
+  """Runs (or resumes) a distillation into config.run_dir, exports the distilled set and, when
+  config.eval_models is set, evaluates it every config.eval_every iterations and at the end.
+
   Returns:
     The final DistilledSet (also exported to <run_dir>/distilled).
   """
-  from tesla_tf.data import distilled as distilled_io  # export format lives with the data layer
-
   os.makedirs(config.run_dir, exist_ok=True)
   distiller = Distiller(config)
+  evaluate_fn = _evaluator(config, distiller)
   manager = tf.train.CheckpointManager(distiller.checkpoint(), os.path.join(config.run_dir, "checkpoints"),
                                        max_to_keep=3)
   if manager.latest_checkpoint:
@@ -293,7 +316,7 @@ def distill(config, evaluate_fn=None):
       if evaluate_fn and config.eval_every and done % config.eval_every == 0 and done < config.iterations:
         summaries.scalars(evaluate_fn(distiller.distilled_set(), done), done)
     result = distiller.distilled_set()
-    distilled_io.export(result, os.path.join(config.run_dir, "distilled"))
+    distilled.export(result, os.path.join(config.run_dir, "distilled"))
     if evaluate_fn:
       summaries.scalars(evaluate_fn(result, config.iterations), config.iterations)
   writer.flush()

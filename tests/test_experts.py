@@ -1,0 +1,378 @@
+"""Expert training and the trajectory store, on real Fashion-MNIST cut down to a few hundred images."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tesla_tf import experts
+from tesla_tf import models
+from tesla_tf.data import pipeline
+from tesla_tf.data import preprocess
+from tesla_tf.data import service
+from tesla_tf.models.flat import FlatModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "train_experts.py")
+SERVICE_TOOL = os.path.join(ROOT, "tools", "data_service.py")
+TINY = dict(dataset="fashion_mnist", model_kwargs={"width": 8}, epochs=2, batch_size=64,
+            max_train_examples=256, max_test_examples=500, verbose=0)
+TINY_FLAGS = ["--dataset=fashion_mnist", "--width=8", "--batch_train=64", "--max_train_examples=256",
+              "--max_test_examples=500", "--verbose=2"]
+
+
+def _config(store_dir, **overrides):
+  return experts.ExpertConfig(store_dir=str(store_dir), **{**TINY, **overrides})
+
+
+def _fake_fields(**overrides):
+  return {"dataset": "fashion_mnist", "model": "convnet", "model_kwargs": {"width": 8}, "num_params": 6,
+          "layout": [["a/kernel", [2, 3]]], "preprocessing": {"kind": "normalize"}, "epochs": 3,
+          "lr_teacher": 0.01, **overrides}
+
+
+def _run_tool(args, **kwargs):
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+  return subprocess.run([sys.executable, TOOL] + args, env=env, capture_output=True, text=True,
+                        timeout=120, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """Expert 0 by train_expert (model kept), then train_experts fills in expert 1 (2 tiny epochs each)."""
+  config = _config(tmp_path_factory.mktemp("store"), num_experts=2)
+  store, data = experts.open_store(config)
+  model, trajectory, info = experts.train_expert(config, 0, data)
+  store.write(0, trajectory, info)
+  return config, experts.train_experts(config), data, model
+
+
+# Training ---------------------------------------------------------------------------------------------
+
+def test_trajectory_starts_at_init_and_ends_at_trained_weights(trained):
+  config, store, _, model = trained
+  trajectory, info = store.read(0), store.info(0)
+  initial = models.build("convnet", 10, (28, 28, 1), seed=experts.expert_seeds(config.seed, 0)[0], width=8)
+  flat = FlatModel(model)
+  assert trajectory.shape == (config.epochs + 1, flat.num_params) and trajectory.dtype == np.float32
+  np.testing.assert_array_equal(trajectory[0], FlatModel(initial).get_flat().numpy())
+  np.testing.assert_array_equal(trajectory[-1], flat.get_flat().numpy())
+  assert not np.allclose(trajectory[1], trajectory[0]) and not np.allclose(trajectory[2], trajectory[1])
+  assert len(info["test_accuracy"]) == config.epochs and info["init_seed"] != info["data_seed"]
+
+
+def test_stored_expert_is_the_trained_network(trained):
+  """Row 0 is the derived-seed init; the last row scores exactly the recorded final test accuracy."""
+  config, store, data, _ = trained
+  assert store.finished() == [0, 1]
+  assert store.manifest["preprocessing"] == {"kind": "normalize", "mean": [0.2861], "std": [0.353]}
+  for index in store.finished():
+    trajectory, info = store.read(index), store.info(index)
+    model = models.build("convnet", 10, (28, 28, 1), seed=info["init_seed"], width=8)
+    flat = FlatModel(model)
+    np.testing.assert_array_equal(trajectory[0], flat.get_flat().numpy())
+    assert info["init_seed"] == experts.expert_seeds(config.seed, index)[0]
+    correct = 0
+    for images, labels in pipeline.eval_pipeline(data.test, data.preprocessor, 250):
+      logits = flat.apply(tf.constant(trajectory[-1]), images, training=False)
+      correct += int(tf.reduce_sum(tf.cast(tf.argmax(logits, -1, tf.int32) == labels, tf.int32)))
+    assert correct / 500 == pytest.approx(info["test_accuracy"][-1], abs=1e-6)
+  assert not np.array_equal(store.read(0)[0], store.read(1)[0])  # different seeds per expert
+
+
+def test_rerun_skips_finished_experts(trained):
+  config, store, _, _ = trained
+  before = {i: os.path.getmtime(store._file(i, ".npy")) for i in store.finished()}
+  experts.train_experts(config)
+  assert {i: os.path.getmtime(store._file(i, ".npy")) for i in store.finished()} == before
+
+
+def test_other_settings_are_refused_with_the_fields_named(trained):
+  config, store, _, _ = trained
+  with pytest.raises(experts.StoreMismatchError, match=r"store has \{\"width\": 8\}.*num_params"):
+    experts.train_experts(_config(config.store_dir, model_kwargs={"width": 16}))
+  with pytest.raises(experts.StoreMismatchError, match="preprocessing: store has 'normalize'"):
+    experts.train_experts(_config(config.store_dir, preprocessing="zca"))
+  assert not os.path.exists(os.path.join(store.path, "zca.npz"))
+  with pytest.raises(experts.StoreMismatchError, match=f"{store.path}.*lr_teacher"):
+    experts.train_experts(_config(config.store_dir, lr_teacher=0.02))
+  with pytest.raises(experts.StoreMismatchError, match="dataset: store has \"fashion_mnist\""):
+    store.check_compatible({"dataset": "mnist", "model": "convnet"})
+  store.check_compatible({"dataset": "fashion_mnist", "model_kwargs": {"width": 8}})
+
+
+def test_zca_store_saves_the_transform_it_trains_with(tmp_path):
+  config = _config(tmp_path, preprocessing="zca", epochs=1, max_test_examples=64)
+  store, data = experts.open_store(config)
+  assert store.manifest["preprocessing"]["kind"] == "zca"
+  assert os.path.isfile(os.path.join(store.path, "zca.npz"))
+  again, _ = experts.open_store(config)  # reopening loads the store's file, no refit
+  assert again.manifest == store.manifest
+  images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), np.uint8)
+  np.testing.assert_allclose(data.preprocessor.apply(images), preprocess.ZCA.load(store.path).apply(images), rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"dataset": "nope"}, "Unknown dataset 'nope'"),
+    ({"model": "convnet9"}, "--model"),
+    ({"preprocessing": "pca"}, "--preprocessing"),
+    ({"max_train_examples": 10}, "smaller than one batch"),
+])
+def test_bad_config_is_refused(tmp_path, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    _config(tmp_path, **overrides)
+
+
+# Store ------------------------------------------------------------------------------------------------
+
+def _fake_store(path, indices=(0, 1, 2)):
+  store = experts.TrajectoryStore.create_or_open(path, _fake_fields())
+  for i in indices:
+    store.write(i, np.full([4, 6], i, np.float32) + np.arange(4, dtype=np.float32)[:, None], {"seed": i})
+  return store
+
+
+def test_store_roundtrip_mmap_and_epoch_selection(tmp_path):
+  store = _fake_store(tmp_path / "s", indices=(2, 0, 5))
+  assert store.finished() == [0, 2, 5] and len(store) == 3
+  full = store.read(5)
+  assert isinstance(full, np.memmap) and full.shape == (4, 6) and full.dtype == np.float32
+  np.testing.assert_array_equal(full[:, 0], [5, 6, 7, 8])
+  assert isinstance(store.read(5, epochs=slice(1, 3)), np.memmap)
+  np.testing.assert_array_equal(store.read(5, epochs=slice(1, 3))[:, 0], [6, 7])
+  np.testing.assert_array_equal(store.read(5, epochs=[3, 0])[:, 0], [8, 5])
+  assert store.info(2)["seed"] == 2 and store.info(2)["shape"] == [4, 6]
+  reopened = experts.TrajectoryStore(tmp_path / "s")
+  assert reopened.manifest["epochs"] == 3 and reopened.finished() == [0, 2, 5]
+  with pytest.raises(IndexError, match="epochs 0..3"):
+    store.read(5, epochs=[4])
+  with pytest.raises(KeyError, match=r"Expert 1 is not in .*finished experts: \[0, 2, 5\]"):
+    store.read(1)
+  with pytest.raises(ValueError, match=r"shape \(3, 6\)"):
+    store.write(7, np.zeros([3, 6], np.float32), {})
+  with pytest.raises(ValueError, match="NaN"):
+    store.write(7, np.full([4, 6], np.nan, np.float32), {})
+  assert store.finished() == [0, 2, 5]
+
+
+def test_seeded_order_is_reproducible_and_resumable(tmp_path):
+  store = _fake_store(tmp_path, indices=range(6))
+  assert sorted(store.order(7, 0)) == list(range(6))
+  assert store.order(7, 0) == experts.TrajectoryStore(tmp_path).order(7, 0)
+  assert store.order(7, 0) != store.order(7, 1) or store.order(7, 1) != store.order(7, 2)
+  assert store.order(7, 0) != store.order(8, 0)
+  it = store.iterate(7)
+  stream = [next(it) for _ in range(20)]
+  assert stream[:6] == store.order(7, 0) and stream[6:12] == store.order(7, 1)
+  resumed = store.iterate(7, start=9)
+  assert [next(resumed) for _ in range(11)] == stream[9:]
+
+
+def test_empty_or_missing_store_errors_name_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*--store_dir"):
+    experts.TrajectoryStore(tmp_path)
+  store = experts.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
+  with pytest.raises(ValueError, match=f"{tmp_path} has no finished experts"):
+    store.order(0, 0)
+  with pytest.raises(KeyError, match="no finished experts"):
+    store.read(0)
+
+
+def test_create_or_open_refuses_mismatch(tmp_path):
+  experts.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
+  experts.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
+  with pytest.raises(experts.StoreMismatchError) as error:
+    experts.TrajectoryStore.create_or_open(tmp_path, _fake_fields(dataset="cifar10", model="vgg11"))
+  message = str(error.value)
+  assert str(tmp_path) in message and "dataset" in message and "model:" in message
+  assert "epochs" not in message
+
+
+def test_failed_write_leaves_no_finished_expert(tmp_path, monkeypatch):
+  store = _fake_store(tmp_path, indices=())
+  good = np.zeros([4, 6], np.float32)
+
+  def broken_save(*args, **kwargs):
+    raise OSError("disk full")
+  with monkeypatch.context() as m:
+    m.setattr(experts.np, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+      store.write(0, good, {})
+  with monkeypatch.context() as m:  # trajectory written, info fails: still not finished
+    m.setattr(experts.json, "dump", broken_save)
+    with pytest.raises(OSError):
+      store.write(1, good, {})
+  assert store.finished() == [] and len(store) == 0
+  assert not glob.glob(os.path.join(tmp_path, "*.tmp")) and not glob.glob(os.path.join(tmp_path, ".*.tmp"))
+  store.write(1, good + 1, {})
+  assert store.finished() == [1]
+  np.testing.assert_array_equal(store.read(1), good + 1)
+
+
+# The tool ---------------------------------------------------------------------------------------------
+
+def test_killed_run_leaves_no_finished_partial_expert_and_rerun_completes(tmp_path):
+  store_dir = str(tmp_path / "store")
+  args = TINY_FLAGS + ["--num_experts=2", "--train_epochs=3", f"--store_dir={store_dir}"]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+  proc = subprocess.Popen([sys.executable, TOOL] + args, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  first = os.path.join(store_dir, "expert_00000.json")
+  deadline = time.time() + 90
+  while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  time.sleep(0.5)  # into expert 1's training
+  assert proc.poll() is None, "the run ended before it could be killed"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  store = experts.TrajectoryStore(store_dir)
+  assert store.finished() == [0]
+  assert store.read(0).shape == (4, store.manifest["num_params"])
+  with pytest.raises(KeyError):
+    store.read(1)
+  result = _run_tool(args)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert store.finished() == [0, 1] and "2 finished experts" in result.stdout
+  for index in (0, 1):
+    trajectory = store.read(index)
+    assert trajectory.shape == (4, store.manifest["num_params"]) and np.all(np.isfinite(trajectory))
+    assert len(store.info(index)["test_accuracy"]) == 3
+
+
+def _flagfile_problems(path, known):
+  """Lines of an absl flagfile that are not '--known_flag=value', repeated flags, inline comments."""
+  problems, seen = [], set()
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      line = line.strip()
+      if not line or line.startswith("#"):
+        continue
+      name = line[2:].split("=", 1)[0] if line.startswith("--") and "=" in line else None
+      if name is None or name not in known:
+        problems.append(f"{path}:{number}: unknown or malformed flag line {line!r}")
+      elif name in seen:
+        problems.append(f"{path}:{number}: duplicate flag --{name}")
+      elif "#" in line:
+        problems.append(f"{path}:{number}: inline comment (absl keeps it in the value)")
+      seen.add(name)
+  return problems
+
+
+_PARSE_CONFIGS = """
+import json, sys
+sys.argv = [sys.argv[0]]
+sys.path.insert(0, {root!r})
+import importlib.util
+spec = importlib.util.spec_from_file_location("train_experts_tool", {tool!r})
+tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
+out = {{"known": sorted(tool.FLAGS)}}
+for path in {paths!r}:
+  tool.FLAGS.unparse_flags()
+  tool.FLAGS(["prog", "--flagfile=" + path, "--store_dir=/nonexistent/store"])
+  config = tool.config_from_flags()
+  out[path] = {{k: v for k, v in config.__dict__.items()}}
+for bad in (["--model=alexnet", "--width=8"], ["--model=convnet_d4", "--depth=3"]):
+  tool.FLAGS.unparse_flags()
+  tool.FLAGS(["prog", "--dataset=fashion_mnist", "--store_dir=/x"] + bad)
+  try:
+    tool.config_from_flags()
+  except tool.app.UsageError as e:
+    out[" ".join(bad)] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_every_experts_config_parses_and_bad_flag_combinations_are_refused():
+  paths = sorted(glob.glob(os.path.join(ROOT, "configs", "experts_*.cfg")))
+  assert len(paths) == 6
+  code = _PARSE_CONFIGS.format(root=ROOT, tool=TOOL, paths=paths)
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  parsed = json.loads(result.stdout.strip().splitlines()[-1])
+  known = set(parsed["known"])
+  for path in paths:
+    assert not _flagfile_problems(path, known)
+    with open(path) as f:
+      text = f.read()
+    assert all(f"\n# {h}\n" in text for h in ("data", "model", "training", "io")), path
+    assert "REFERENCE §1" in text and "python tools/train_experts.py --flagfile=" in text
+    assert parsed[path]["epochs"] == 50 and parsed[path]["lr_teacher"] == 0.01
+  by_name = {os.path.basename(p)[len("experts_"):-len(".cfg")]: parsed[p] for p in paths}
+  assert by_name["cifar10_zca"]["preprocessing"] == "zca"
+  assert by_name["imagenet64"]["num_experts"] == 50 and by_name["imagenet64"]["model"] == "convnet_d4"
+  assert by_name["tiny_imagenet"]["model"] == "convnet_d4" and by_name["cifar100"]["num_experts"] == 100
+  assert "--width/--depth apply to the ConvNet family" in parsed["--model=alexnet --width=8"]
+  assert "fixes the depth" in parsed["--model=convnet_d4 --depth=3"]
+
+
+def test_flagfile_checker_rejects_unknown_duplicate_and_inline_comment(tmp_path):
+  bad = tmp_path / "bad.cfg"
+  bad.write_text("# data\n--dataset=cifar10\n--datset=cifar10\n--dataset=mnist\n--seed=1  # why\n")
+  problems = _flagfile_problems(str(bad), {"dataset", "seed"})
+  assert len(problems) == 3
+  assert "unknown" in problems[0] and "duplicate" in problems[1] and "inline" in problems[2]
+
+
+# tf.data service --------------------------------------------------------------------------------------
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture
+def service_processes():
+  """A dispatcher and two workers, each a tools/data_service.py process on 127.0.0.1."""
+  port = _free_port()
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+  procs = [subprocess.Popen([sys.executable, SERVICE_TOOL, "--role=dispatcher", f"--port={port}"],
+                            env=env, stderr=subprocess.DEVNULL)]
+  try:
+    for _ in range(2):
+      procs.append(subprocess.Popen(
+          [sys.executable, SERVICE_TOOL, "--role=worker", f"--dispatcher_address=127.0.0.1:{port}",
+           "--worker_address=127.0.0.1:%port%"], env=env, stderr=subprocess.DEVNULL))
+    yield f"grpc://127.0.0.1:{port}", procs
+  finally:
+    for p in procs:
+      p.send_signal(signal.SIGTERM)
+    for p in procs:
+      try:
+        p.wait(timeout=20)
+      except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def test_experts_train_from_data_service_processes(tmp_path, service_processes):
+  address, procs = service_processes
+  config = _config(tmp_path, epochs=1, data_service=address, max_test_examples=64)
+  store = experts.train_experts(config)
+  assert all(p.poll() is None for p in procs), "a data service process died"
+  assert store.finished() == [0]
+  info = store.info(0)
+  assert info["data_service"] == address and len(info["train_loss"]) == 1
+  assert np.all(np.isfinite(store.read(0))) and not np.allclose(store.read(0)[1], store.read(0)[0])
+
+
+def test_experts_train_from_in_process_data_service(tmp_path):
+  dispatcher = service.start_dispatcher(0)
+  workers = [service.start_worker(dispatcher.target) for _ in range(2)]
+  try:
+    config = _config(tmp_path, epochs=2, data_service=dispatcher.target, max_test_examples=64)
+    store = experts.train_experts(config)
+    info = store.info(0)
+    assert store.read(0).shape[0] == 3 and info["train_loss"][1] != info["train_loss"][0]
+  finally:
+    for server in workers + [dispatcher]:
+      server._stop()  # pylint: disable=protected-access
