@@ -56,21 +56,52 @@ def _jsonable(value):
   return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
-def _atomic_write(path, write_fn, mode="wb"):
-  """Writes `path` via write_fn(file) on a temp file in the same directory, fsync, then rename."""
-  directory = os.path.dirname(path) or "."
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+def _write_temp(directory, name, write_fn, mode):
+  """Writes a complete, fsynced temp file (mode 0644) beside `name` in directory; returns its path."""
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + name + ".", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o644)
     with os.fdopen(fd, mode) as f:
       write_fn(f)
       f.flush()
       os.fsync(f.fileno())
+  except BaseException:
+    os.remove(tmp)
+    raise
+  return tmp
+
+
+def _atomic_write(path, write_fn, mode="wb"):
+  """Writes `path` via write_fn(file) on a temp file in the same directory, fsync, then rename."""
+  directory = os.path.dirname(path) or "."
+  tmp = _write_temp(directory, os.path.basename(path), write_fn, mode)
+  try:
     os.replace(tmp, path)
   except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    os.remove(tmp)
     raise
   _fsync_dir(directory)
+
+
+def _publish_once(tmp, path):
+  """Moves the complete file tmp to path unless path exists (then tmp is dropped); True if published.
+
+  A hard link makes this atomic and exclusive, so concurrent processes agree on one file; filesystems
+  without hard links fall back to a rename after an existence check.
+  """
+  try:
+    os.link(tmp, path)
+    published = True
+  except FileExistsError:
+    published = False
+  except OSError:
+    published = not os.path.exists(path)
+    if published:
+      os.replace(tmp, path)
+  if os.path.exists(tmp):
+    os.remove(tmp)
+  _fsync_dir(os.path.dirname(path) or ".")
+  return published
 
 
 def _fsync_dir(directory):
@@ -128,18 +159,9 @@ class TrajectoryStore:
     fields = _jsonable({"format": FORMAT, **manifest_fields})
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.exists(manifest_path):
-      fd, tmp = tempfile.mkstemp(dir=path, prefix="." + MANIFEST + ".", suffix=".tmp")
-      try:
-        with os.fdopen(fd, "w") as f:
-          json.dump({**fields, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f, indent=1)
-          f.flush()
-          os.fsync(f.fileno())
-        os.link(tmp, manifest_path)  # fails if another process created it first
-        _fsync_dir(path)
-      except FileExistsError:
-        pass
-      finally:
-        os.remove(tmp)
+      created = {**fields, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+      _publish_once(_write_temp(path, MANIFEST, lambda f: json.dump(created, f, indent=1), "w"),
+                    manifest_path)
     store = cls(path)
     store.check_compatible({k: v for k, v in fields.items() if k in COMPAT_FIELDS})
     return store
@@ -158,6 +180,10 @@ class TrajectoryStore:
       raise StoreMismatchError(
           f"Trajectory store {self.path} was made for other settings ({details}). Use another "
           f"--store_dir, or the store's settings.")
+
+  def preprocessor(self):
+    """The preprocessing every expert of the store was trained in (ZCA read from the store's file)."""
+    return preprocess.from_dict(self.manifest["preprocessing"], self.path)
 
   def _file(self, index, suffix):
     return os.path.join(self.path, f"expert_{int(index):05d}{suffix}")
@@ -208,7 +234,15 @@ class TrajectoryStore:
       float32 [E+1, P] (memmap), or the selected rows [k, P] (a memmap view for a slice, a copy for a list).
     """
     self._check_index(index)
-    trajectory = np.load(self._file(index, ".npy"), mmap_mode="r")
+    path = self._file(index, ".npy")
+    expected = (self.manifest["epochs"] + 1, self.manifest["num_params"])
+    try:
+      trajectory = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+      trajectory, expected = e, f"a readable .npy of shape {list(expected)}"
+    if getattr(trajectory, "shape", None) != expected:
+      raise ValueError(f"{path}: expected {expected}, found {getattr(trajectory, 'shape', trajectory)}; "
+                       "delete it and its .json and rerun tools/train_experts.py to retrain the expert.")
     if epochs is None:
       return trajectory
     if isinstance(epochs, slice):
@@ -252,14 +286,14 @@ class TrajectoryStore:
     """
     position = int(start)
     while True:
-      cycle, offset = divmod(position, len(self))
-      order = self.order(seed, cycle)
-      for index in order[offset:]:
+      cycle, offset = divmod(position, len(self.order(seed, 0)))
+      for index in self.order(seed, cycle)[offset:]:
         yield index
         position += 1
 
   def __iter__(self):
-    return self.iterate(seed=0)
+    """One pass over the finished experts in the seeded order of (seed 0, cycle 0)."""
+    return iter(self.order(0, 0))
 
 
 def _short(value, limit=120):
@@ -432,12 +466,13 @@ def _store_preprocessor(config, info, train_images):
     os.makedirs(config.store_dir, exist_ok=True)
     target = os.path.join(config.store_dir, preprocessor.file_name)
     with tempfile.TemporaryDirectory(dir=config.store_dir) as staging:
-      try:  # exclusive: the first process to fit wins, the others check they agree
-        os.link(preprocessor.save(staging), target)
-      except FileExistsError:
+      # The first process to fit publishes its file; the others check that theirs agrees.
+      if _publish_once(preprocessor.save(staging), target):
+        os.chmod(target, 0o644)  # readable by the distiller's account like the experts
+      else:
         stored = preprocess.ZCA.load(config.store_dir, preprocessor.file_name)
         if not np.allclose(stored.whiten, preprocessor.whiten, atol=1e-4):
-          raise StoreMismatchError(  # pylint: disable=raise-missing-from
+          raise StoreMismatchError(
               f"{target} holds a ZCA fitted on other data than --dataset={config.dataset} with "
               f"--max_train_examples={config.max_train_examples}; remove it or use another --store_dir.")
   return preprocessor
@@ -467,8 +502,7 @@ def open_store(config):
   probe = FlatModel(models.build(config.model, info.num_classes, info.image_shape,
                                  **dict(config.model_kwargs)))
   store = TrajectoryStore.create_or_open(config.store_dir, manifest_fields(config, probe, preprocessor))
-  preprocessor = preprocess.from_dict(store.manifest["preprocessing"], store.path)
-  return store, ExpertData(train, num_train, _test_examples(config), preprocessor)
+  return store, ExpertData(train, num_train, _test_examples(config), store.preprocessor())
 
 
 def build_expert(config, index, hard_labels=True):

@@ -117,7 +117,9 @@ def test_zca_store_saves_the_transform_it_trains_with(tmp_path):
   again, _ = experts.open_store(config)  # reopening loads the store's file, no refit
   assert again.manifest == store.manifest
   images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), np.uint8)
-  np.testing.assert_allclose(data.preprocessor.apply(images), preprocess.ZCA.load(store.path).apply(images), rtol=1e-6)
+  np.testing.assert_allclose(data.preprocessor.apply(images), preprocess.ZCA.load(store.path).apply(images),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(store.preprocessor().apply(images), data.preprocessor.apply(images))
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -174,6 +176,18 @@ def test_seeded_order_is_reproducible_and_resumable(tmp_path):
   assert stream[:6] == store.order(7, 0) and stream[6:12] == store.order(7, 1)
   resumed = store.iterate(7, start=9)
   assert [next(resumed) for _ in range(11)] == stream[9:]
+  assert list(store) == store.order(0, 0)
+
+
+def test_corrupt_trajectory_file_is_reported_with_its_path(tmp_path):
+  store = _fake_store(tmp_path, indices=(0, 1))
+  with open(store._file(0, ".npy"), "wb") as f:
+    f.write(b"not a numpy file")
+  np.save(store._file(1, ".npy"), np.zeros([2, 6], np.float32))
+  with pytest.raises(ValueError, match="expert_00000.npy: expected a readable .npy.*rerun"):
+    store.read(0)
+  with pytest.raises(ValueError, match=r"expert_00001.npy: expected \(4, 6\), found \(2, 6\)"):
+    store.read(1)
 
 
 def test_empty_or_missing_store_errors_name_the_path(tmp_path):
@@ -221,7 +235,7 @@ def test_failed_write_leaves_no_finished_expert(tmp_path, monkeypatch):
 
 def test_killed_run_leaves_no_finished_partial_expert_and_rerun_completes(tmp_path):
   store_dir = str(tmp_path / "store")
-  args = TINY_FLAGS + ["--num_experts=2", "--train_epochs=3", f"--store_dir={store_dir}"]
+  args = TINY_FLAGS + ["--num_experts=2", "--train_epochs=2", f"--store_dir={store_dir}"]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
   proc = subprocess.Popen([sys.executable, TOOL] + args, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -229,13 +243,13 @@ def test_killed_run_leaves_no_finished_partial_expert_and_rerun_completes(tmp_pa
   deadline = time.time() + 90
   while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
-  time.sleep(0.5)  # into expert 1's training
+  time.sleep(0.3)  # into expert 1's training
   assert proc.poll() is None, "the run ended before it could be killed"
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   store = experts.TrajectoryStore(store_dir)
   assert store.finished() == [0]
-  assert store.read(0).shape == (4, store.manifest["num_params"])
+  assert store.read(0).shape == (3, store.manifest["num_params"])
   with pytest.raises(KeyError):
     store.read(1)
   result = _run_tool(args)
@@ -243,8 +257,8 @@ def test_killed_run_leaves_no_finished_partial_expert_and_rerun_completes(tmp_pa
   assert store.finished() == [0, 1] and "2 finished experts" in result.stdout
   for index in (0, 1):
     trajectory = store.read(index)
-    assert trajectory.shape == (4, store.manifest["num_params"]) and np.all(np.isfinite(trajectory))
-    assert len(store.info(index)["test_accuracy"]) == 3
+    assert trajectory.shape == (3, store.manifest["num_params"]) and np.all(np.isfinite(trajectory))
+    assert len(store.info(index)["test_accuracy"]) == 2
 
 
 def _flagfile_problems(path, known):

@@ -139,9 +139,9 @@ def resolve_preprocessor(distilled_set, preprocessor=None, preprocessing_dir=Non
     return preprocessor
   try:
     return preprocess.from_dict(distilled_set.preprocessing, preprocessing_dir)
-  except (FileNotFoundError, TypeError) as e:
-    raise ValueError(f"The set's preprocessing {distilled_set.preprocessing} needs its files: pass the "
-                     f"preprocessor or the directory holding them (preprocessing_dir). {e}") from e
+  except (OSError, TypeError, ValueError) as e:
+    raise ValueError(f"Cannot restore the set's preprocessing ({e}). Pass the preprocessor, or the "
+                     "directory holding its files as preprocessing_dir.") from e
 
 
 def _pixel_png(images, preprocessor):

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 # pylint: disable=unused-import  (re-exported: the class index belongs with the loaders' users)
+from tesla_tf.data import imagenet
 from tesla_tf.data.class_index import build_class_index, class_index_from_dataset, load_class_index
 from tesla_tf.data.class_index import sample_per_class, save_class_index, take_positions
 # pylint: enable=unused-import
@@ -354,6 +355,8 @@ def load(name, split, data_dir=None, *, download=False):
     return _tfds_dataset(info, split, _tfds_builder(info, data_dir, download))
   if info.source == "tiny_imagenet":
     return _tiny_imagenet(split, data_dir)
+  if data_dir is not None and os.path.isfile(os.path.join(data_dir, imagenet.MANIFEST)):
+    return imagenet.load_prepared(data_dir, split)  # shards from tools/prepare_imagenet.py
   if data_dir is not None and os.path.isdir(os.path.join(data_dir, "train")):
     return _imagenet64_folder(split, data_dir)
   builder = _tfds_builder(info, data_dir, download)

@@ -316,7 +316,8 @@ def distill(config):
       if evaluate_fn and config.eval_every and done % config.eval_every == 0 and done < config.iterations:
         summaries.scalars(evaluate_fn(distiller.distilled_set(), done), done)
     result = distiller.distilled_set()
-    distilled.export(result, os.path.join(config.run_dir, "distilled"))
+    distilled.export(result, os.path.join(config.run_dir, "distilled"),
+                     preprocessor=distiller.preprocessor)
     if evaluate_fn:
       summaries.scalars(evaluate_fn(result, config.iterations), config.iterations)
   writer.flush()

@@ -117,9 +117,13 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
     cache = cache.write(i, theta)
     return i + 1, theta - lr * step_gradient(theta, x, y, aug), cache
 
+  # parallel_iterations=1 everywhere: the default (10) lets the executor start up to 10 steps' forward
+  # and double-backward at once wherever they do not depend on each other (all of tesla's pass 2, the
+  # recomputation part of exact's), which makes peak memory grow with N up to 10 steps' worth — measured
+  # 3.7 GB TF-allocator peak at N = 10 instead of 1.3 GB (docs/benchmarks.md).
   cache = tf.TensorArray(dtype, size=num_steps, element_shape=start.shape)
   _, theta_n, cache = tf.while_loop(lambda i, *_: i < num_steps, forward,
-                                    (tf.constant(0), start, cache))
+                                    (tf.constant(0), start, cache), parallel_iterations=1)
   loss = tf.reduce_sum(tf.square(theta_n - target)) / start_dist
   adjoint = 2.0 * (theta_n - target) / start_dist
 
@@ -143,7 +147,8 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
 
   _, _, images_grad, lr_grad, labels_grad = tf.while_loop(
       lambda i, *_: i >= 0, backward,
-      (num_steps - 1, adjoint, tf.zeros_like(images), tf.zeros([], dtype), tf.zeros_like(labels)))
+      (num_steps - 1, adjoint, tf.zeros_like(images), tf.zeros([], dtype), tf.zeros_like(labels)),
+      parallel_iterations=1)
   if mode == "tesla" and halve_tesla_image_grad:
     images_grad = 0.5 * images_grad
   return MatchResult(loss, images_grad, lr_grad, labels_grad if learn_labels else None)
