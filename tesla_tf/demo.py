@@ -24,13 +24,14 @@ class DemoConfig:
   width: int = 32
   num_experts: int = 3
   expert_epochs_trained: int = 5
-  max_train_examples: int = 20000
+  max_train_examples: int = 30000
   ipc: int = 1
-  syn_steps: int = 10
+  syn_steps: int = 20
   expert_epochs: int = 2
   max_start_epoch: int = 3
-  lr_img: float = 1000.0
-  lr_lr: float = 1e-7
+  # lr_img 1000 (CIFAR's) lets the teacher labels drift to one class here; 100 keeps every class
+  lr_img: float = 100.0
+  lr_lr: float = 1e-5
   iterations: int = 300
   num_eval: int = 3
   eval_epochs: int = 300
