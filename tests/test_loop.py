@@ -91,7 +91,8 @@ def test_config_runs_two_iterations(path, tmp_path_factory):
   real = config.dataset in ("fashion_mnist",)
   argv = [f"--flagfile={path}", f"--store_dir={store_dir}", f"--run_dir={tmp_path_factory.mktemp('run')}",
           "--iterations=2", "--syn_steps=2", "--max_start_epoch=2", "--expert_epochs=2", "--eval_models=",
-          "--batch_syn=" + ("0" if config.ipc * sources.get_info(config.dataset).num_classes <= 100 else "50"),
+          # --ipc=1 below: one row per class, so a student step takes every row unless there are > 100.
+          "--batch_syn=" + ("0" if sources.get_info(config.dataset).num_classes <= 100 else "50"),
           "--ipc=1", "--save_every=1", "--log_every=1", "--log_images_every=1",
           "--pix_init=" + ("real" if real else "noise")]
   _, config = parse_tool_flags(argv)

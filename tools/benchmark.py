@@ -46,7 +46,9 @@ flags.DEFINE_list("modes", list(MODES), "Matching modes of the speed part.")
 flags.DEFINE_list("syn_steps", ["5", "10", "20", "40", "80"], "N values of the speed part.")
 flags.DEFINE_integer("iters", 2, "Timed iterations per (mode, N) after the warm-up.", lower_bound=1)
 flags.DEFINE_integer("big_n", 40, "From this N on, time --big_iters iterations instead.", lower_bound=1)
-flags.DEFINE_integer("big_iters", 1, "Timed iterations for N >= --big_n.", lower_bound=1)
+flags.DEFINE_integer("big_iters", 1, "Timed iterations for N >= --big_n; 0 = report the warm-up iteration "
+                     "(which includes tracing) as the time.", lower_bound=0)
+flags.DEFINE_bool("resume", False, "Skip (mode, N, tag) runs already measured in the results json.")
 flags.DEFINE_float("memory_cap_gb", 20.0, "Kill a child whose RSS exceeds this; skip unrolled N projected "
                    "above it.", lower_bound=1.0)
 flags.DEFINE_float("min_available_gb", 1.0, "Also kill a child when the machine's MemAvailable drops below "
@@ -54,6 +56,7 @@ flags.DEFINE_float("min_available_gb", 1.0, "Also kill a child when the machine'
 flags.DEFINE_integer("batch_syn", 100, "Synthetic images per step (= the whole set).", lower_bound=1)
 flags.DEFINE_integer("width", 128, "ConvNet width.", lower_bound=1)
 flags.DEFINE_string("dsa_strategy", "color_crop_cutout_flip_scale_rotate", "DSA strategy, or 'none'.")
+flags.DEFINE_bool("jit", False, "Speed part: matching_gradients(..., jit_compile=True) (tesla/exact).")
 flags.DEFINE_string("tag", "", "Label stored with every speed record (e.g. the variant being measured).")
 # fidelity
 flags.DEFINE_list("fidelity_steps", ["10", "20", "50"], "N values of the fidelity part.")
@@ -146,7 +149,8 @@ def _speed_child(mode, steps):
     if strategy != "none":
       aug = matching.sample_augmentations(strategy, steps, [FLAGS.batch_syn, *shape], seed + 1)
     out = matching.matching_gradients(fmodel, start, target, tf.convert_to_tensor(images), labels, lr,
-                                      schedule, mode=mode, augment_params=aug)
+                                      schedule, mode=mode, augment_params=aug,
+                                      jit_compile=FLAGS.jit and mode != "unrolled")
     images.assign_sub(100.0 * out.images_grad)  # an outer step, so that iterations differ
     return out.loss, out.lr_grad
 
@@ -166,10 +170,12 @@ def _speed_child(mode, steps):
     float(loss)  # the only host sync: one per outer iteration
     walls.append(time.perf_counter() - t0)
     cpus.append(time.process_time() - c0)
+  if not walls:
+    walls, cpus = [warmup[0]], [warmup[1]]
   peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1e3 / GB
-  timed_peak_gb = _status_kb(os.getpid(), "VmHWM") * 1e3 / GB if can_reset else None
+  timed_peak_gb = _status_kb(os.getpid(), "VmHWM") * 1e3 / GB if can_reset and iters else None
   return {
-      "part": "speed", "mode": mode, "steps": steps, "tag": FLAGS.tag, "iters": iters,
+      "part": "speed", "mode": mode, "steps": steps, "tag": FLAGS.tag, "jit": FLAGS.jit, "iters": iters,
       "num_params": fmodel.num_params, "s_per_iter": float(np.median(walls)), "s_per_iter_all": walls,
       "cpu_s_per_iter": float(np.median(cpus)), "cpu_s_per_iter_all": cpus,
       "warmup_s": warmup[0], "warmup_cpu_s": warmup[1],
@@ -318,6 +324,10 @@ def _speed_part(results):
     for mode in FLAGS.modes:
       key = {"part": "speed", "mode": mode, "steps": steps, "tag": FLAGS.tag}
       projected = _projected_gb(done[mode], steps) if mode == "unrolled" else None
+      previous = next((r for r in results["records"] if all(r.get(k) == v for k, v in key.items())), None)
+      if FLAGS.resume and previous and "s_per_iter" in previous:
+        done[mode].append(previous)
+        continue
       if mode in stopped:
         record = {**key, "skipped": f"larger N than a run {stopped[mode]}"}
       elif projected is not None and projected > FLAGS.memory_cap_gb:
@@ -327,7 +337,7 @@ def _speed_part(results):
                                     f"--iters={FLAGS.iters}", f"--big_n={FLAGS.big_n}",
                                     f"--big_iters={FLAGS.big_iters}", f"--batch_syn={FLAGS.batch_syn}",
                                     f"--width={FLAGS.width}", f"--dsa_strategy={FLAGS.dsa_strategy}",
-                                    f"--tag={FLAGS.tag}"], f"{mode} N={steps}")
+                                    f"--tag={FLAGS.tag}", f"--jit={FLAGS.jit}"], f"{mode} N={steps}")
         record = {**key, **(record or {}), **notes}
         if "s_per_iter" in record:
           done[mode].append(record)
@@ -383,7 +393,7 @@ def _speed_rows(records):
         continue
       timed = (f"{_fmt(r['timed_peak_rss_gb'])} ({_fmt(r['timed_above_baseline_gb'])})"
                if r.get("timed_peak_rss_gb") is not None else "–")
-      iters = "" if r["iters"] == 2 else f" (k={r['iters']})"
+      iters = ("" if r["iters"] == 2 else f" (k={r['iters']})" if r["iters"] else " (warm-up incl. trace)")
       lines.append(
           f"| {mode} | {steps} | {_fmt(r['s_per_iter'], 1)}{iters} | {_fmt(r['cpu_s_per_iter'], 1)} | "
           f"{_fmt(r['peak_rss_gb'])} | {_fmt(r['above_baseline_gb'])} | {timed} | {_fmt(r['tf_peak_gb'])} | "
@@ -465,31 +475,55 @@ def _fidelity_rows(record):
   return lines
 
 
+def _variant_rows(results):
+  """Runs made with a --tag (e.g. --jit), beside the untagged run at the same (mode, N)."""
+  speed = [r for r in results["records"] if r.get("part") == "speed" and "s_per_iter" in r]
+  base = {(r["mode"], r["steps"]): r for r in speed if not r.get("tag")}
+  tagged = sorted((r for r in speed if r.get("tag")), key=lambda r: (r["tag"], r["mode"], r["steps"]))
+  if not tagged:
+    return []
+  lines = ["### Variants (--tag runs) against the default run", "",
+           "| tag | mode | N | CPU s/iter (default) | wall s/iter (default) | peak RSS GB (default) | "
+           "above baseline GB (default) | load before → after |", "|---|---|---|---|---|---|---|---|"]
+  for r in tagged:
+    d = base.get((r["mode"], r["steps"]), {})
+    lines.append(f"| {r['tag']} | {r['mode']} | {r['steps']} | {_fmt(r['cpu_s_per_iter'], 1)} "
+                 f"({_fmt(d.get('cpu_s_per_iter'), 1)}) | {_fmt(r['s_per_iter'], 1)} ({_fmt(d.get('s_per_iter'), 1)}) | "
+                 f"{_fmt(r['peak_rss_gb'])} ({_fmt(d.get('peak_rss_gb'))}) | {_fmt(r['above_baseline_gb'])} "
+                 f"({_fmt(d.get('above_baseline_gb'))}) | {r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")
+  return lines + [""]
+
+
 def _plot(records, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-  for mode, marker in zip(MODES, "o^s"):
+  all_steps = sorted({r["steps"] for r in records})
+  for mode, marker, colour in zip(MODES, "o^s", ("C0", "C1", "C2")):
     rs = sorted((r for r in records if r["mode"] == mode and "s_per_iter" in r), key=lambda r: r["steps"])
     if not rs:
       continue
     steps = [r["steps"] for r in rs]
-    axes[0].plot(steps, [r["peak_rss_gb"] for r in rs], marker=marker, label=mode)
-    axes[1].plot(steps, [r["above_baseline_gb"] for r in rs], marker=marker, label=mode)
-    axes[2].plot(steps, [r["s_per_iter"] for r in rs], marker=marker, label=f"{mode} wall")
-    axes[2].plot(steps, [r["cpu_s_per_iter"] for r in rs], marker=marker, ls=":", label=f"{mode} CPU")
+    axes[0].plot(steps, [r["peak_rss_gb"] for r in rs], marker=marker, color=colour, label=mode)
+    axes[1].plot(steps, [r["above_baseline_gb"] for r in rs], marker=marker, color=colour, label=mode)
+    axes[2].plot(steps, [r["cpu_s_per_iter"] for r in rs], marker=marker, color=colour, label=f"{mode} CPU")
+    axes[2].plot(steps, [r["s_per_iter"] for r in rs], marker=marker, color=colour, ls=":", alpha=0.5,
+                 label=f"{mode} wall")
     for r in records:
       if r["mode"] == mode and "stopped" in r:
-        axes[0].scatter([r["steps"]], [r["watched_max_rss_gb"]], marker="x", color="k")
+        axes[0].scatter([r["steps"]], [r["watched_max_rss_gb"]], marker="x", color=colour)
   axes[0].set(title="peak RSS (whole process)", xlabel="N (syn_steps)", ylabel="GB")
   axes[1].set(title="peak RSS above the pre-iteration baseline", xlabel="N (syn_steps)", ylabel="GB")
-  axes[2].set(title="time per outer iteration", xlabel="N (syn_steps)", ylabel="s", yscale="log")
+  axes[2].set(title="time per outer iteration (CPU = user+sys, 2 threads)", xlabel="N (syn_steps)",
+              ylabel="s", yscale="log")
   for ax in axes:
     ax.set_xscale("log", base=2)
+    ax.set_xticks(all_steps, [str(s) for s in all_steps])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.suptitle("ConvNet-3 (320,010 params), 32×32×3, batch_syn 100, DSA, float32 — TF CPU, 2 cores")
+  fig.suptitle("ConvNet-3 (320,010 params), 32×32×3, batch_syn 100, DSA, float32 — TF 2.21 CPU, 2 cores")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -504,7 +538,8 @@ def _report(results):
   lines = [BEGIN, "", f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{os.path.relpath(_results_path(), REPO)}`.",
            "", "### Speed and memory", ""] + _speed_rows(records) + [
            "", "### Targets", ""] + _targets(records) + [
-           "", f"![memory and time vs N]({os.path.basename(png)})", "",
+           "", f"![memory and time vs N]({os.path.basename(png)})", ""] + _variant_rows(results) + [
+           "",
            "### tesla vs exact image gradients on a real expert (Fashion-MNIST)", ""] + _fidelity_rows(fidelity) + [
            "", END]
   doc = os.path.join(FLAGS.out_dir, "benchmarks.md")

@@ -20,6 +20,7 @@ from tesla_tf import evaluate, experts, models, summaries
 from tesla_tf.data import class_index, distilled, preprocess, sources
 from tesla_tf.distill import labels as labels_lib
 from tesla_tf.distill import matching
+from tesla_tf.distill import replicas as replicas_lib
 from tesla_tf.distill.synthetic import DistilledSet
 from tesla_tf.models.flat import FlatModel
 
@@ -46,6 +47,7 @@ class DistillConfig:
   pix_init: str = "real"
   labels: str = "hard"
   mode: str = "tesla"
+  strategy: str = "none"               # "mirrored": split each student step over the local devices
   halve_tesla_image_grad: bool = False
   dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
   iterations: int = 5000
@@ -104,6 +106,9 @@ class Distiller:
 
     num_classes, n = self.info.num_classes, self.info.num_classes * config.ipc
     self.batch_syn = config.batch_syn or n
+    if config.strategy == "mirrored" and config.mode == "unrolled":
+      raise ValueError("--strategy=mirrored needs --mode=tesla or --mode=exact (not unrolled).")
+    self.replicas = replicas_lib.build(config.strategy, self.batch_syn)
     self.generator = tf.random.Generator.from_seed(config.seed)
     self.images = tf.Variable(self._initial_images(), name="images")
     self.images_buf = tf.Variable(tf.zeros_like(self.images), name="images_momentum")
@@ -188,7 +193,7 @@ class Distiller:
     result = matching.matching_gradients(
         self.fmodel, start, target, self.images.value(), labels, self.syn_lr.value(), schedule,
         mode=c.mode, augment_params=aug, learn_labels=c.labels == "learned",
-        halve_tesla_image_grad=c.halve_tesla_image_grad)
+        halve_tesla_image_grad=c.halve_tesla_image_grad, replicas=self.replicas)
     _sgd_momentum(self.images, self.images_buf, result.images_grad, c.lr_img)
     _sgd_momentum(self.syn_lr, self.syn_lr_buf, result.lr_grad, c.lr_lr)
     metrics = {"loss/matching": result.loss, "syn_lr": self.syn_lr.value(),

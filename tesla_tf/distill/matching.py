@@ -62,12 +62,15 @@ def make_schedule(num_rows, syn_steps, batch_syn, seed):
 def sample_augmentations(strategy, syn_steps, batch_shape, seed):
   """DSA parameters of every student step, stacked on a leading [N] axis (one fresh draw per step)."""
   seeds = tf.random.experimental.stateless_split(seed, syn_steps)
-  draws = [augment.sample(strategy, batch_shape, seeds[i]) for i in range(syn_steps)]
-  return tf.nest.map_structure(lambda *p: tf.stack(p), *draws)
+  # One traced draw mapped over the N seeds, not N traced draws: a Python loop put N copies of the
+  # sampling ops in the graph, ~6.6 MB of RSS per step (0.53 GB at N = 80, docs/benchmarks.md).
+  spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                               augment.sample(strategy, batch_shape, seeds[0]))
+  return tf.map_fn(lambda s: augment.sample(strategy, batch_shape, s), seeds, fn_output_signature=spec)
 
 
 def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, mode, augment_params=None,
-                       learn_labels=False, halve_tesla_image_grad=False):
+                       learn_labels=False, halve_tesla_image_grad=False, jit_compile=False, replicas=None):
   """The matching loss L and its gradients w.r.t. the synthetic images, α and (optionally) the labels.
 
   Args:
@@ -81,11 +84,18 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
     learn_labels: also return ∂L/∂Ỹ.
     halve_tesla_image_grad: tesla mode only — halve the image gradient as the public TESLA code does
       (it multiplies a tuple by 2, repeating it instead of doubling the gradient). For comparisons only.
+    jit_compile: tesla/exact only — compile each step (pass 1's SGD step, pass 2's double-backward) with
+      XLA. On TF 2.21 CPU it lowers peak RSS by ~0.5 GB for ConvNet-3 at batch 100 but is no faster (exact
+      ~13 % slower, docs/benchmarks.md); off by default.
+    replicas: tesla/exact only — a `replicas.Replicas` to split every step's minibatch over the devices
+      of a tf.distribute strategy (same result as one device); None runs on the current device.
   Returns:
     MatchResult(loss scalar, images_grad [n, h, w, c], lr_grad scalar, labels_grad [n, C] or None).
   """
   if mode not in MODES:
     raise ValueError(f"Unknown matching mode {mode!r}; expected one of {MODES}.")
+  if replicas is not None and mode == "unrolled":
+    raise NotImplementedError("--mode=unrolled does not run under --strategy=mirrored; use tesla or exact.")
   dtype = images.dtype
   start, target = tf.cast(start, dtype), tf.cast(target, dtype)
   labels, lr = tf.cast(labels, dtype), tf.cast(lr, dtype)
@@ -97,7 +107,9 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
     return idx, tf.gather(images, idx), tf.gather(labels, idx), aug
 
   def step_gradient(theta, x, y, aug):
-    """g = ∇_θ CE(θ; DSA(x), y), recorded by any enclosing tape."""
+    """g = ∇_θ CE(θ; DSA(x), y), recorded by any enclosing tape (on this replica's rows, if replicated)."""
+    if replicas is not None:
+      x, y, aug = replicas.local_rows(x, y, aug)
     if aug is not None:
       x = augment.apply(x, aug)
     with tf.GradientTape() as tape:
@@ -112,10 +124,29 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
   # Pass 1: the student's N steps, no graph kept; cache θ̂_i.
   num_steps = tf.shape(schedule)[0]
 
+  def sgd_step(theta, x, y, aug):
+    return theta - lr * step_gradient(theta, x, y, aug)
+
+  exact = mode == "exact"
+
+  def double_backward(theta, adj, x, y, aug):
+    """s = ⟨adj, g(θ, x, y)⟩ and its gradients w.r.t. x (and θ in exact mode, y if labels are learned)."""
+    with tf.GradientTape() as tape:
+      tape.watch([theta, x, y])
+      s = tf.reduce_sum(adj * step_gradient(theta, x, y, aug))
+    sources = [x] + ([theta] if exact else []) + ([y] if learn_labels else [])
+    return s, tape.gradient(s, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+  if jit_compile:
+    sgd_step = tf.function(sgd_step, jit_compile=True)
+    double_backward = tf.function(double_backward, jit_compile=True)
+  if replicas is not None:  # each replica on its share of the rows; outputs averaged (replicas.py)
+    sgd_step, double_backward = replicas.mean_of(sgd_step), replicas.mean_of(double_backward)
+
   def forward(i, theta, cache):
     _, x, y, aug = batch(i)
     cache = cache.write(i, theta)
-    return i + 1, theta - lr * step_gradient(theta, x, y, aug), cache
+    return i + 1, sgd_step(theta, x, y, aug), cache
 
   # parallel_iterations=1 everywhere: the default (10) lets the executor start up to 10 steps' forward
   # and double-backward at once wherever they do not depend on each other (all of tesla's pass 2, the
@@ -128,16 +159,9 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
   adjoint = 2.0 * (theta_n - target) / start_dist
 
   # Pass 2: recompute each step's double-backward; in exact mode, in reverse order, carrying λ.
-  exact = mode == "exact"
-
   def backward(i, adj, images_grad, lr_grad, labels_grad):
     idx, x, y, aug = batch(i)
-    theta = cache.read(i)
-    with tf.GradientTape() as tape:
-      tape.watch([theta, x, y])
-      s = tf.reduce_sum(adj * step_gradient(theta, x, y, aug))
-    sources = [x] + ([theta] if exact else []) + ([y] if learn_labels else [])
-    grads = tape.gradient(s, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    s, grads = double_backward(cache.read(i), adj, x, y, aug)
     images_grad = tf.tensor_scatter_nd_add(images_grad, idx[:, None], -lr * grads[0])
     if learn_labels:
       labels_grad = tf.tensor_scatter_nd_add(labels_grad, idx[:, None], -lr * grads[-1])
