@@ -15,8 +15,13 @@ Store layout (one directory):
                        point never leaves a half-written expert that reads as finished.
 Several processes may fill one store (disjoint `expert_start` ranges): only the per-expert files are
 written after creation.
+
+One large expert can also be trained by several workers at once (`strategy="multi_worker"`,
+`tf.distribute.MultiWorkerMirroredStrategy` configured by TF_CONFIG): every worker runs the same call,
+the chief alone writes the store.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +37,7 @@ import tensorflow as tf
 
 from tesla_tf import augment
 from tesla_tf import models
+from tesla_tf import multi_worker
 from tesla_tf.data import pipeline
 from tesla_tf.data import preprocess
 from tesla_tf.data import sources
@@ -323,6 +329,8 @@ class ExpertConfig:
     max_train_examples: use a seeded random subset of the train set of this size (None = all).
     max_test_examples: evaluate on a seeded random subset of the test set of this size (None = all).
     verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+    strategy: a key of STRATEGIES: "none" (this process alone) or "multi_worker" (one expert trained by
+      the workers of TF_CONFIG; batch_size is the global batch).
   """
   dataset: str
   store_dir: str
@@ -341,6 +349,7 @@ class ExpertConfig:
   max_train_examples: int | None = None
   max_test_examples: int | None = None
   verbose: int = 1
+  strategy: str = "none"
 
   def __post_init__(self):
     kwargs = self.model_kwargs
@@ -353,6 +362,12 @@ class ExpertConfig:
       raise ValueError(f"Unknown preprocessing {self.preprocessing!r} (--preprocessing); expected one "
                        f"of {sorted(preprocess.PREPROCESSORS)}.")
     augment.parse_strategy(self.augment_strategy)
+    if self.strategy not in multi_worker.STRATEGIES:
+      raise ValueError(f"Unknown strategy {self.strategy!r} (--strategy); expected one of "
+                       f"{sorted(multi_worker.STRATEGIES)}.")
+    if self.strategy == "multi_worker" and self.data_service is not None:
+      raise ValueError("--strategy=multi_worker reads its input locally on every worker; it does not "
+                       "combine with --data_service.")
     for name, low in (("num_experts", 1), ("expert_start", 0), ("epochs", 1), ("batch_size", 1)):
       if getattr(self, name) < low:
         raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}.")
@@ -528,17 +543,20 @@ def build_expert(config, index, hard_labels=True):
   return model
 
 
-def train_expert(config, index, data):
+def train_expert(config, index, data, strategy=None):
   """Trains expert `index` with Keras fit, recording its trajectory.
 
   Args:
     config: ExpertConfig.
     index: expert index (its seeds derive from (config.seed, index)).
     data: ExpertData.
+    strategy: tf.distribute strategy to build and train the model in (None = the current one); under
+      MultiWorkerMirroredStrategy every worker calls this with the same arguments.
 
   Returns:
     (trained keras.Model, trajectory float32 [E+1, P], info dict).
   """
+  strategy = strategy or tf.distribute.get_strategy()
   init_seed, data_seed = expert_seeds(config.seed, index)
   use_service = config.data_service is not None
   # Through the service one job serves the whole fit (repeat + steps_per_epoch): a fresh job per epoch
@@ -546,37 +564,59 @@ def train_expert(config, index, data):
   train = pipeline.train_pipeline(data.train, data.preprocessor, config.batch_size, seed=data_seed,
                                   augment_strategy=config.augment_strategy, repeat=use_service,
                                   data_service=config.data_service)
-  test = pipeline.eval_pipeline(data.test, data.preprocessor, _EVAL_BATCH)
-  model = build_expert(config, index, hard_labels=train.element_spec[1].dtype.is_integer)
+  train = multi_worker.sharded_by_data(train)
+  test = multi_worker.sharded_by_data(pipeline.eval_pipeline(data.test, data.preprocessor, _EVAL_BATCH))
+  with strategy.scope():
+    model = build_expert(config, index, hard_labels=train.element_spec[1].dtype.is_integer)
+  # Every worker records (get_flat reads the mirrored variables, identical on all of them); the caller
+  # decides who writes.
   recorder = TrajectoryRecorder(FlatModel(model))
   start = time.time()
-  history = model.fit(train, epochs=config.epochs, validation_data=test, callbacks=[recorder],
-                      shuffle=False, steps_per_epoch=data.num_train // config.batch_size if use_service
-                      else None, verbose=config.verbose)
+  with multi_worker.keras_fit_workarounds(model, train.element_spec, strategy):
+    history = model.fit(train, epochs=config.epochs, validation_data=test, callbacks=[recorder],
+                        shuffle=False, steps_per_epoch=data.num_train // config.batch_size if use_service
+                        else None, verbose=config.verbose)
   logs = {k: [round(float(v), 6) for v in values] for k, values in history.history.items()}
   expert_info = {
       "init_seed": init_seed, "data_seed": data_seed, "wall_time_s": round(time.time() - start, 3),
       "test_accuracy": logs["val_accuracy"], "test_loss": logs["val_loss"],
       "train_accuracy": logs["accuracy"], "train_loss": logs["loss"],
-      "num_train": data.num_train, "data_service": config.data_service, "host": socket.gethostname()}
+      "num_train": data.num_train, "data_service": config.data_service, "host": socket.gethostname(),
+      "strategy": config.strategy, "replicas": strategy.num_replicas_in_sync}
   return model, recorder.trajectory(), expert_info
 
 
 def train_experts(config):
   """Trains experts expert_start .. expert_start + num_experts - 1 into the store, skipping finished ones.
 
+  With strategy "multi_worker" every worker of TF_CONFIG makes this same call. Only the chief opens and
+  writes config.store_dir; the other workers open a private store in a temporary directory (its manifest,
+  and a ZCA fitted on the same data, are thrown away at the end) and follow the chief's choice of which
+  experts to train.
+
   Args:
     config: ExpertConfig.
 
   Returns:
-    The TrajectoryStore.
+    The TrajectoryStore; None on a non-chief worker.
   """
-  store, data = open_store(config)
-  for index in range(config.expert_start, config.expert_start + config.num_experts):
-    if store.is_finished(index):
-      logging.info("Expert %d already in %s, skipped.", index, store.path)
-      continue
-    _, trajectory, info = train_expert(config, index, data)
-    store.write(index, trajectory, info)
-    keras.backend.clear_session()
-  return store
+  # MultiWorkerMirroredStrategy configures collective ops, which TF allows only before its first op runs:
+  # it is created before anything below touches TF.
+  strategy = multi_worker.STRATEGIES[config.strategy]()
+  chief = multi_worker.is_chief(strategy)
+  scratch = (contextlib.nullcontext(config.store_dir) if chief
+             else tempfile.TemporaryDirectory(prefix="tesla_tf_worker_"))
+  with scratch as store_dir, multi_worker.lost_workers_reported(strategy):
+    store, data = open_store(dataclasses.replace(config, store_dir=store_dir))
+    indices = range(config.expert_start, config.expert_start + config.num_experts)
+    # Workers train expert after expert in lockstep, so they all skip what the chief's store has.
+    finished = multi_worker.from_chief(strategy, [store.is_finished(i) for i in indices])
+    for index, done in zip(indices, finished):
+      if done:
+        logging.info("Expert %d already in %s, skipped.", index, config.store_dir)
+        continue
+      _, trajectory, info = train_expert(config, index, data, strategy)
+      if chief:
+        store.write(index, trajectory, info)
+      keras.backend.clear_session()
+  return store if chief else None

@@ -264,9 +264,11 @@ def _fidelity_child():
 # --------------------------------------------------------------------------- parent
 
 
-def _run_child(args, label):
-  """Runs this script as a child with `args`, watching its RSS; returns (record or None, notes dict)."""
-  cmd = [sys.executable, os.path.abspath(__file__)] + args
+def run_child(args, label, script=__file__):
+  """Runs `script` (this one by default) as a child with `args`, watching its RSS.
+
+  Returns (record or None, notes dict)."""
+  cmd = [sys.executable, os.path.abspath(script)] + args
   logging.info("child %s: %s", label, " ".join(cmd[1:]))
   load_before = os.getloadavg()
   started = time.perf_counter()
@@ -333,7 +335,7 @@ def _speed_part(results):
       elif projected is not None and projected > FLAGS.memory_cap_gb:
         record = {**key, "skipped": f"projected {projected:.1f} GB > cap {FLAGS.memory_cap_gb:g} GB"}
       else:
-        record, notes = _run_child(["--child=speed", f"--child_mode={mode}", f"--child_steps={steps}",
+        record, notes = run_child(["--child=speed", f"--child_mode={mode}", f"--child_steps={steps}",
                                     f"--iters={FLAGS.iters}", f"--big_n={FLAGS.big_n}",
                                     f"--big_iters={FLAGS.big_iters}", f"--batch_syn={FLAGS.batch_syn}",
                                     f"--width={FLAGS.width}", f"--dsa_strategy={FLAGS.dsa_strategy}",
@@ -357,7 +359,7 @@ def _fidelity_part(results):
           f"--expert_width={FLAGS.expert_width}", f"--expert_train_examples={FLAGS.expert_train_examples}",
           f"--batch_syn={FLAGS.batch_syn}", f"--dsa_strategy={FLAGS.dsa_strategy}",
           f"--fidelity_unrolled_check={FLAGS.fidelity_unrolled_check}"]
-  record, notes = _run_child(args, "fidelity")
+  record, notes = run_child(args, "fidelity")
   _store(results, {"part": "fidelity", **(record or {}), **notes}, ("part",))
 
 

@@ -3,6 +3,8 @@
   python tools/train_experts.py --flagfile=configs/experts_cifar10.cfg --store_dir=/data/experts/cifar10
 Several processes (or GPUs) fill one store with disjoint ranges, e.g. --expert_start=0 --num_experts=50
 and --expert_start=50 --num_experts=50. A rerun skips finished experts and redoes an interrupted one.
+One large expert trains on several machines with --strategy=multi_worker: every worker runs the same
+command with its own TF_CONFIG (docs/experts_benchmark.md, "Multi-worker experts").
 """
 
 import os
@@ -16,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tesla_tf import augment
 from tesla_tf import experts
 from tesla_tf import models
+from tesla_tf import multi_worker
 from tesla_tf.data import preprocess
 from tesla_tf.data import sources
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -45,6 +48,10 @@ flags.DEFINE_float("lr_teacher", 0.01, "Expert SGD learning rate (momentum 0, no
                    lower_bound=0.0)
 flags.DEFINE_integer("batch_train", 256, "Expert batch size.", lower_bound=1)
 flags.DEFINE_string("dsa_strategy", augment.STRATEGY, "DSA families joined by '_', or 'none'.")
+flags.DEFINE_enum("strategy", "none", sorted(multi_worker.STRATEGIES),
+                  "'none': train here. 'multi_worker': MultiWorkerMirroredStrategy over the cluster in the "
+                  "TF_CONFIG environment variable; every worker runs the same command (its own TF_CONFIG "
+                  "task), --batch_train is the global batch, and only the chief (task 0) writes the store.")
 flags.DEFINE_integer("seed", 0, "Base seed; expert i's init and data order derive from (seed, i).")
 flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.",
                      lower_bound=0, upper_bound=2)
@@ -88,7 +95,7 @@ def config_from_flags():
       epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher, batch_size=FLAGS.batch_train,
       augment_strategy=FLAGS.dsa_strategy, seed=FLAGS.seed, data_service=FLAGS.data_service,
       max_train_examples=FLAGS.max_train_examples, max_test_examples=FLAGS.max_test_examples,
-      verbose=FLAGS.verbose)
+      verbose=FLAGS.verbose, strategy=FLAGS.strategy)
 
 
 def main(argv):
@@ -100,9 +107,12 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   try:
     store = experts.train_experts(config)
-  except (experts.StoreMismatchError, sources.DatasetNotFoundError) as e:
+  except (experts.StoreMismatchError, multi_worker.StrategyError, sources.DatasetNotFoundError) as e:
     sys.exit(f"Error: {e}")
-  print(f"{store.path}: {len(store)} finished experts {store.finished()}")
+  if store is None:
+    print(f"Worker done; the chief wrote the experts to {config.store_dir}.")
+  else:
+    print(f"{store.path}: {len(store)} finished experts {store.finished()}")
 
 
 if __name__ == "__main__":

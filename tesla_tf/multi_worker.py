@@ -1,0 +1,142 @@
+"""Training one expert on several workers: tf.distribute.MultiWorkerMirroredStrategy from TF_CONFIG.
+
+`experts.train_experts(ExpertConfig(strategy="multi_worker", ...))` runs the same call on every worker of
+the TF_CONFIG cluster; this module holds what that needs: the strategy (created before any other TF op),
+who the chief is (the only writer of the store), how the input is sharded, how a lost worker is reported,
+and the workarounds that let Keras 3 `fit` run under the strategy.
+"""
+
+import contextlib
+import json
+import os
+
+# Patched, only while a multi-worker fit runs, to get around a Keras bug (see keras_fit_workarounds).
+from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+import tensorflow as tf
+
+
+class StrategyError(ValueError):
+  """The distribution strategy cannot be set up (missing TF_CONFIG, TF already running...)."""
+
+
+_TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+                      '"task": {"type": "worker", "index": 0}}')
+
+
+def _single_process():
+  return tf.distribute.get_strategy()
+
+
+def _multi_worker():
+  """MultiWorkerMirroredStrategy over the cluster in TF_CONFIG; must run before any other TF op."""
+  text = os.environ.get("TF_CONFIG")
+  if not text:
+    raise StrategyError("--strategy=multi_worker reads the cluster from the TF_CONFIG environment "
+                        "variable, which is not set. Set it on every worker, with that worker's task "
+                        f"index, e.g. TF_CONFIG='{_TF_CONFIG_EXAMPLE}'.")
+  try:
+    tf_config = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise StrategyError(f"TF_CONFIG is not valid JSON ({e}); expected e.g. {_TF_CONFIG_EXAMPLE}.") from e
+  if not isinstance(tf_config, dict) or not {"cluster", "task"} <= set(tf_config):
+    raise StrategyError(f"TF_CONFIG needs a 'cluster' and a 'task', e.g. {_TF_CONFIG_EXAMPLE}; got {text}.")
+  try:
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  except RuntimeError as e:
+    raise StrategyError(
+        f"MultiWorkerMirroredStrategy could not be created ({e}). TensorFlow sets up collective ops only "
+        "before its first op runs: call train_experts with strategy='multi_worker' first thing in a fresh "
+        "process, as tools/train_experts.py does.") from e
+
+
+# ExpertConfig.strategy (--strategy) → a function returning the tf.distribute strategy.
+STRATEGIES = {"none": _single_process, "multi_worker": _multi_worker}
+
+
+def is_chief(strategy):
+  """True in the one process that writes: the "chief" task, else worker 0, else a lone process."""
+  resolver = strategy.cluster_resolver
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  return (resolver.task_type == "worker" and resolver.task_id == 0
+          and "chief" not in resolver.cluster_spec().jobs)
+
+
+def from_chief(strategy, values):
+  """The chief's int list `values`, on every worker: an all-reduce to which only replica 0 contributes."""
+  if strategy.num_replicas_in_sync == 1:
+    return list(values)
+  mine = tf.constant([int(v) for v in values], tf.int64)
+
+  def contribution():
+    first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+    return mine * tf.cast(first, tf.int64)
+  total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribution), axis=None)
+  return [int(v) for v in total.numpy()]
+
+
+@contextlib.contextmanager
+def lost_workers_reported(strategy):
+  """Turns the collective abort that follows another worker's failure into a StrategyError saying so."""
+  try:
+    yield
+  except tf.errors.UnavailableError as e:
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      raise
+    raise StrategyError(
+        "Another worker of the TF_CONFIG cluster stopped or cannot be reached, so this one stopped too "
+        f"({' '.join(e.message.split())[:300]}). See that worker's log for its error. No unfinished "
+        "expert was written: rerun the same command on every worker to resume.") from e
+
+
+def sharded_by_data(ds):
+  """`ds` with auto-shard policy DATA, for the multi-worker strategy (no effect in a single process).
+
+  Every worker then runs the whole pipeline with the same seeds, each global batch of batch_size is split
+  into per-replica slices and each worker keeps its own: disjoint shares, the same number of steps on every
+  worker (a worker with one step more would wait forever in the gradient all-reduce), and the very batches
+  a single process would train on. FILE sharding (the AUTO default on file-backed TFDS data) gives workers
+  unequal file counts and so unequal steps; sharding before the shuffle changes the batches. The price,
+  every worker preprocessing and augmenting the whole global batch, is small: on CPU the input pipeline
+  runs ~100x faster than the training step (docs/experts_benchmark.md).
+  """
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  return ds.with_options(options)
+
+
+@contextlib.contextmanager
+def keras_fit_workarounds(model, element_spec, strategy):
+  """Works around two Keras 3.15 bugs that stop `fit` under MultiWorkerMirroredStrategy.
+
+  See keras-team/keras#20585 and tensorflow/tensorflow#72388. Outside multi-worker training this does
+  nothing.
+  1. Before training, fit all-reduces a whole input batch to learn its shapes and fails on the (images,
+     labels) tuple. Here the loss, metrics and optimizer are built from the element spec instead, and
+     that step is switched off.
+  2. After every step, fit averages the scalar logs over workers with axis=0 and fails on scalars. Here
+     each worker keeps its own step logs, for its progress bar only. The epoch logs (history, test
+     accuracy) still cover all workers, because Keras recomputes them from the metric variables, and
+     reading those sums them over the workers.
+  The gradients go through neither path: the optimizer all-reduces them.
+  """
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    yield
+    return
+  # pylint: disable=protected-access
+  with strategy.scope():
+    model._symbolic_build(data_batch=element_spec)
+  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+  keras_reduce = keras_tf_trainer.reduce_per_replica
+
+  def reduce(values, distribution, reduction):
+    if reduction != "auto":
+      return keras_reduce(values, distribution, reduction)
+    return tf.nest.map_structure(lambda v: distribution.experimental_local_results(v)[0], values)
+  keras_tf_trainer.reduce_per_replica = reduce
+  try:
+    yield
+  finally:
+    keras_tf_trainer.reduce_per_replica = keras_reduce
