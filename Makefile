@@ -49,8 +49,16 @@ test: $(STAMP)
 	if [[ $$rc -eq 5 ]]; then echo "make test: FAILED, pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
 
+# Fashion-MNIST for the demo: the Debian package (installed here when root with apt-get), else TFDS.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
 demo: $(STAMP)
-	$(PY) tools/demo.py $(ARGS)
+	@if [[ ! -f $(FASHION_MNIST) ]] && [[ $$(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then \
+	  echo "Fashion-MNIST missing: apt-get install dataset-fashion-mnist"; \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends dataset-fashion-mnist) || true; \
+	fi
+	@download=; [[ -f $(FASHION_MNIST) ]] || download=--download; \
+	echo "$(PY) tools/demo.py $$download $(ARGS)"; $(PY) tools/demo.py $$download $(ARGS)
 
 bench: $(STAMP)
 	$(PY) tools/benchmark.py $(ARGS)

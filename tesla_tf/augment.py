@@ -75,6 +75,15 @@ def parse_strategy(kind_or_strategy):
   return families
 
 
+def is_strategy(kind_or_strategy):
+  """True when `parse_strategy` accepts the string (for flag validators)."""
+  try:
+    parse_strategy(kind_or_strategy)
+  except ValueError:
+    return False
+  return True
+
+
 def _static_dims(batch_shape):
   """Returns (b, h, w) as Python ints from a list, TensorShape or constant 1-D tensor [b, h, w, c]."""
   dims = tf.get_static_value(batch_shape) if tf.is_tensor(batch_shape) else batch_shape

@@ -13,6 +13,7 @@ import time
 from absl import logging
 
 from tesla_tf import experts
+from tesla_tf.data import sources
 from tesla_tf.distill import loop
 
 
@@ -21,6 +22,7 @@ class DemoConfig:
   """Sizes of the demo; the defaults fit `make demo`'s 15-minute budget on 2 CPU cores."""
   workdir: str = "demo_run"
   data_dir: str | None = None
+  download: bool = False   # let TFDS download Fashion-MNIST when no IDX copy is found
   width: int = 32
   num_experts: int = 3
   expert_epochs_trained: int = 5
@@ -43,6 +45,9 @@ def run_demo(config):
   start = time.time()
   store_dir = os.path.join(config.workdir, "experts")
   run_dir = os.path.join(config.workdir, "run")
+  if config.download:  # the IDX files when present, else a TFDS copy (prepared here once, then reused)
+    for split in ("train", "test"):
+      sources.load("fashion_mnist", split, config.data_dir, download=True)
   logging.info("[1/3] Experts: %d × ConvNet(width %d) on %d Fashion-MNIST images, %d epochs -> %s",
                config.num_experts, config.width, config.max_train_examples, config.expert_epochs_trained,
                store_dir)

@@ -283,7 +283,8 @@ def _summary(runs):
           "runs": runs}
 
 
-def _write_json(path, obj):
+def write_json(path, obj):
+  """Writes obj as indented JSON to path atomically (a temp file in the same folder, then a rename)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
@@ -375,7 +376,7 @@ def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=No
       "version": tesla_tf.__version__, "seconds": time.time() - start,
   }
   if out_path:
-    _write_json(out_path, results)
+    write_json(out_path, results)
   if logdir:
     _log_scalars(results, logdir, step)
   logging.info("Evaluation:\n%s", format_summary(results))

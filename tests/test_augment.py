@@ -34,6 +34,8 @@ def test_parse_strategy_and_errors():
     augment.sample("colour_crop", SHAPE, _seed(0))
   with pytest.raises(ValueError, match="Repeated"):
     augment.parse_strategy("flip_flip")
+  assert augment.is_strategy("crop_flip") and augment.is_strategy("none")
+  assert not augment.is_strategy("flip_flip") and not augment.is_strategy("colour")
   with pytest.raises(ValueError, match="static"):
     augment.sample("flip", [None, 8, 8, 3], _seed(0))
 

@@ -1,6 +1,7 @@
 """The distillation loop: configs, resume, crash safety, divergence guard, real-data progress."""
 
 import glob
+import json
 import os
 import re
 import signal
@@ -216,3 +217,21 @@ def test_tesla_lowers_the_matching_loss_on_real_fashion_mnist(tmp_path):
   first, last = np.mean(losses[:5]), np.mean(losses[-5:])
   print(f"matching loss: first 5 iterations {first:.4f}, last 5 {last:.4f}")
   assert last < 0.95 * first
+
+
+def test_evaluation_history_keeps_final_and_best(tmp_path):
+  def results(mean):
+    return {"distilled": {"convnet": {"mean": mean, "std": 0.01}},
+            "random_subset": {"convnet": {"mean": 0.5, "std": 0.02}}}
+
+  for step, mean in ((1000, 0.61), (2000, 0.68), (3000, 0.64)):
+    best = loop._record_evaluation(str(tmp_path), step, results(mean))  # pylint: disable=protected-access
+  assert best == {"convnet": {"iteration": 2000, "mean": 0.68, "std": 0.01}}
+  # A resumed run that evaluates iteration 2000 again replaces that entry: the best moves to 3000.
+  best = loop._record_evaluation(str(tmp_path), 2000, results(0.60))  # pylint: disable=protected-access
+  assert best["convnet"]["iteration"] == 3000
+  with open(tmp_path / "eval_history.json") as f:
+    history = json.load(f)
+  assert [e["iteration"] for e in history["evaluations"]] == [1000, 2000, 3000]
+  assert history["final"]["iteration"] == 3000 and history["final"]["distilled"]["convnet"]["mean"] == 0.64
+  assert history["best"]["convnet"]["mean"] == 0.64

@@ -14,6 +14,8 @@ from tesla_tf import demo  # pylint: disable=wrong-import-position
 _DEFAULTS = demo.DemoConfig()
 flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Where experts and the run go (reused when re-run).")
 flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (default: the Debian package's).")
+flags.DEFINE_bool("download", False, "Download Fashion-MNIST through TFDS if no IDX copy is found "
+                  "(make demo sets it when the Debian package is missing and cannot be installed).")
 flags.DEFINE_integer("iterations", _DEFAULTS.iterations, "Distillation iterations.", lower_bound=1)
 flags.DEFINE_integer("num_experts", _DEFAULTS.num_experts, "Experts to train.", lower_bound=1)
 flags.DEFINE_integer("eval_epochs", _DEFAULTS.eval_epochs, "Epochs of each evaluation.", lower_bound=1)
@@ -24,7 +26,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = demo.DemoConfig(workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, iterations=FLAGS.iterations,
+  config = demo.DemoConfig(workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, download=FLAGS.download,
+                           iterations=FLAGS.iterations,
                            num_experts=FLAGS.num_experts, eval_epochs=FLAGS.eval_epochs, seed=FLAGS.seed)
   print(demo.summary(demo.run_demo(config), config))
 

@@ -63,13 +63,8 @@ flags.DEFINE_integer("log_images_every", 500, "Log an image grid every this many
 flags.mark_flags_as_required(["store_dir", "run_dir"])
 
 
-@flags.validator("dsa_strategy", message="unknown DSA family (see tesla_tf.augment.FAMILIES)")
-def _valid_strategy(value):
-  try:
-    augment.parse_strategy(value)
-  except ValueError:
-    return False
-  return True
+flags.register_validator("dsa_strategy", augment.is_strategy,
+                         "--dsa_strategy: families from " + ", ".join(augment.FAMILIES) + " joined by '_', or 'none'.")
 
 
 def config_from_flags():

@@ -55,13 +55,8 @@ def _known_models(values):
   return all(v.lower() in models.ARCHITECTURES for v in values)
 
 
-@flags.validator("dsa_strategy", message="unknown DSA family (see tesla_tf.augment.FAMILIES)")
-def _valid_strategy(value):
-  try:
-    augment.parse_strategy(value)
-  except ValueError:
-    return False
-  return True
+flags.register_validator("dsa_strategy", augment.is_strategy,
+                         "--dsa_strategy: families from " + ", ".join(augment.FAMILIES) + " joined by '_', or 'none'.")
 
 
 def main(argv):

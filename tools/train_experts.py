@@ -62,16 +62,8 @@ flags.mark_flag_as_required("store_dir")
 FLAGS = flags.FLAGS
 
 
-def _parses(strategy):
-  try:
-    augment.parse_strategy(strategy)
-  except ValueError:
-    return False
-  return True
-
-
-flags.register_validator("dsa_strategy", _parses,
-                         "--dsa_strategy: families from " + "_".join(augment.FAMILIES) + ", or 'none'.")
+flags.register_validator("dsa_strategy", augment.is_strategy,
+                         "--dsa_strategy: families from " + ", ".join(augment.FAMILIES) + " joined by '_', or 'none'.")
 
 
 def _model_kwargs(model, width, depth):

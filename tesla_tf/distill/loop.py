@@ -273,9 +273,40 @@ def _evaluator(config, distiller):
       for arch, summary in (results.get(kind) or {}).items():
         scalars[f"eval/{kind}/{arch}/final_accuracy_mean"] = summary["mean"]
         scalars[f"eval/{kind}/{arch}/final_accuracy_std"] = summary["std"]
+    for arch, best in _record_evaluation(config.run_dir, step, results).items():
+      scalars[f"eval/distilled/{arch}/best_accuracy_mean"] = best["mean"]
+      logging.info("[eval it %d] %s distilled: this evaluation %.2f %%, best %.2f %% (iteration %d)", step,
+                   arch, 100 * results["distilled"][arch]["mean"], 100 * best["mean"], best["iteration"])
     return scalars
 
   return run
+
+
+def _record_evaluation(run_dir, step, results):
+  """Adds one evaluation to <run_dir>/eval_history.json; returns {arch: best distilled evaluation so far}.
+
+  The history keeps mean ± std of every evaluation by iteration ("final" is the last one's; "best" the
+  highest distilled mean, i.e. MTT's test-set early stopping, REFERENCE §2). A re-run of an iteration
+  (after a resume) replaces its entry.
+  """
+  path = os.path.join(run_dir, "eval_history.json")
+  history = {"evaluations": []}
+  if os.path.exists(path):
+    with open(path) as f:
+      history = json.load(f)
+  entry = {"iteration": step}
+  for kind in ("distilled", "random_subset"):
+    entry[kind] = {arch: {"mean": r["mean"], "std": r["std"]}
+                   for arch, r in (results.get(kind) or {}).items()}
+  evaluations = [e for e in history["evaluations"] if e["iteration"] != step] + [entry]
+  evaluations.sort(key=lambda e: e["iteration"])
+  best = {}
+  for arch in entry["distilled"]:
+    top = max((e for e in evaluations if arch in e["distilled"]),
+              key=lambda e: e["distilled"][arch]["mean"])
+    best[arch] = {"iteration": top["iteration"], **top["distilled"][arch]}
+  evaluate.write_json(path, {"evaluations": evaluations, "final": evaluations[-1], "best": best})
+  return best
 
 
 def distill(config):
@@ -313,9 +344,9 @@ def distill(config):
         metrics.update({"perf/iterations_per_s": rate, "perf/peak_rss_gb": _peak_rss_gb()})
         summaries.scalars(metrics, done)
         eta = (config.iterations - done) / max(rate, 1e-9)
-        logging.info("it %d/%d  loss %.4f  α %.5f  start %d  %.2f it/s  ETA %dm%02ds", done,
-                     config.iterations, metrics["loss/matching"], metrics["syn_lr"],
-                     metrics["start_epoch"], rate, eta // 60, eta % 60)
+        logging.info("it %d/%d  loss %.4f  α %.5f  start %d  %.2f it/s  ETA %dm%02ds  peak RSS %.2f GB",
+                     done, config.iterations, metrics["loss/matching"], metrics["syn_lr"],
+                     metrics["start_epoch"], rate, eta // 60, eta % 60, metrics["perf/peak_rss_gb"])
       if done % config.save_every == 0 or done == config.iterations:
         manager.save(checkpoint_number=done)
       if evaluate_fn and config.eval_every and done % config.eval_every == 0 and done < config.iterations:
