@@ -12,11 +12,10 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from tesla_tf import experts, models
 from tesla_tf.data import preprocess, sources
-from tesla_tf.distill import loop, matching
+from tesla_tf.distill import loop
 from tesla_tf.models.flat import FlatModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
