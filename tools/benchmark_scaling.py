@@ -335,23 +335,19 @@ def _summary(records):
   """Per-image and per-step slopes from the step records (what docs/scaling.md scales up)."""
   steps = [r for r in records if r.get("kind") == "step" and "s" in r]
   out = {}
+  def fits(records, x):
+    """Linear fits of time and memory against the record field x."""
+    return {name: _fit([(r[x], r[field]) for r in records]) for name, field in (
+        ("cpu_s_per_iter", "cpu_s"), ("wall_s_per_iter", "s"),
+        ("rss_above_baseline_gb", "timed_above_baseline_gb"),
+        ("tf_peak_above_baseline_gb", "tf_timed_above_baseline_gb"))}
+
   for mode in ("tesla", "exact"):
-    sweep = [r for r in steps if r["mode"] == mode and r["steps"] == FLAGS.step_n
-             and r["rows"] == r["steps"] * r["batch_syn"]]
-    out[f"{mode}_vs_batch_syn"] = {
-        "N": FLAGS.step_n,
-        "cpu_s_per_iter": _fit([(r["batch_syn"], r["cpu_s"]) for r in sweep]),
-        "wall_s_per_iter": _fit([(r["batch_syn"], r["s"]) for r in sweep]),
-        "rss_above_baseline_gb": _fit([(r["batch_syn"], r["timed_above_baseline_gb"]) for r in sweep]),
-        "tf_peak_above_baseline_gb": _fit([(r["batch_syn"], r["tf_timed_above_baseline_gb"]) for r in sweep])}
-    at = [r for r in steps if r["mode"] == mode and r["batch_syn"] == FLAGS.slope_batch
-          and r["rows"] == r["steps"] * r["batch_syn"]]
-    out[f"{mode}_vs_N"] = {
-        "batch_syn": FLAGS.slope_batch,
-        "cpu_s_per_iter": _fit([(r["steps"], r["cpu_s"]) for r in at]),
-        "wall_s_per_iter": _fit([(r["steps"], r["s"]) for r in at]),
-        "rss_above_baseline_gb": _fit([(r["steps"], r["timed_above_baseline_gb"]) for r in at]),
-        "tf_peak_above_baseline_gb": _fit([(r["steps"], r["tf_timed_above_baseline_gb"]) for r in at])}
+    full = [r for r in steps if r["mode"] == mode and r["rows"] == r["steps"] * r["batch_syn"]]
+    out[f"{mode}_vs_batch_syn"] = {"N": FLAGS.step_n,
+                                   **fits([r for r in full if r["steps"] == FLAGS.step_n], "batch_syn")}
+    out[f"{mode}_vs_N"] = {"batch_syn": FLAGS.slope_batch,
+                           **fits([r for r in full if r["batch_syn"] == FLAGS.slope_batch], "steps")}
   rows = [r for r in steps if r["mode"] == "tesla" and r["steps"] == FLAGS.step_n
           and r["batch_syn"] == FLAGS.slope_batch]
   image_gb = SHAPE[0] * SHAPE[1] * SHAPE[2] * 4 / GB

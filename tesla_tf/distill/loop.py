@@ -106,8 +106,6 @@ class Distiller:
 
     num_classes, n = self.info.num_classes, self.info.num_classes * config.ipc
     self.batch_syn = config.batch_syn or n
-    if config.strategy == "mirrored" and config.mode == "unrolled":
-      raise ValueError("--strategy=mirrored needs --mode=tesla or --mode=exact (not unrolled).")
     self.replicas = replicas_lib.build(config.strategy, self.batch_syn)
     self.generator = tf.random.Generator.from_seed(config.seed)
     self.images = tf.Variable(self._initial_images(), name="images")
