@@ -144,3 +144,54 @@ def test_compiled_step_traces_once(problem, mode):
     result = step(images + it, tf.constant(0.1 * (it + 1), tf.float64), tf.constant([it, 0]))
     assert np.isfinite(result.loss.numpy())
   assert len(traces) == 1
+
+
+@pytest.mark.parametrize("mode", ["tesla", "exact"])
+def test_graph_and_xla_equal_eager(problem, mode):
+  """The same gradients eagerly, inside tf.function (the gated fused last step) and with XLA steps."""
+  eager = run(problem, mode, 3, augmented=True, seed=3)
+  graph = tf.function(lambda: run(problem, mode, 3, augmented=True, seed=3))()
+  xla = tf.function(lambda: run(problem, mode, 3, augmented=True, seed=3, jit_compile=True))()
+  for got in (graph, xla):
+    np.testing.assert_allclose(got.loss, eager.loss, rtol=1e-12)
+    for name in ("images_grad", "lr_grad", "labels_grad"):
+      assert rel_error(getattr(got, name), getattr(eager, name)) < 1e-10, name
+
+
+@pytest.mark.parametrize("mode", matching.MODES)
+@pytest.mark.parametrize("steps", [1, 3])
+def test_forward_passes_per_mode(problem, mode, steps):
+  """unrolled runs each student step once; tesla/exact recompute every step but the last (fused)."""
+  fmodel = problem[0]
+  calls = []
+
+  class Counting:
+    def apply(self, theta, x):
+      calls.append(1)
+      return fmodel.apply(theta, x)
+
+  run((Counting(),) + problem[1:], mode, steps)  # eager: every step calls apply from Python
+  assert len(calls) == (steps if mode == "unrolled" else 2 * steps - 1)
+  if mode != "unrolled":  # in chunks every step is recomputed (the fused last step needs the whole g)
+    calls.clear()
+    run((Counting(),) + problem[1:], mode, steps, batch_syn=6, row_chunks=3)
+    assert len(calls) == 3 * 2 * steps
+
+
+@pytest.mark.parametrize("mode", ["tesla", "exact"])
+def test_row_chunks_give_the_same_gradients(problem, mode):
+  """Each step on 2 or 3 chunks of its 6 rows, one after another: the gradients of the whole minibatch."""
+  whole = run(problem, mode, 3, augmented=True, batch_syn=6, seed=4)
+  for chunks in (2, 3):
+    chunked = tf.function(lambda: run(problem, mode, 3, augmented=True, batch_syn=6, seed=4,
+                                      row_chunks=chunks))()
+    np.testing.assert_allclose(chunked.loss, whole.loss, rtol=1e-12)
+    for name in ("images_grad", "lr_grad", "labels_grad"):
+      assert rel_error(getattr(chunked, name), getattr(whole, name)) < 1e-10, (chunks, name)
+
+
+def test_row_chunks_errors(problem):
+  with pytest.raises(ValueError, match="--row_chunks=4 must be ≥ 1 and divide --batch_syn=6"):
+    run(problem, "exact", 2, batch_syn=6, row_chunks=4)
+  with pytest.raises(NotImplementedError, match="--row_chunks=2 needs --mode=tesla or exact"):
+    run(problem, "unrolled", 2, batch_syn=6, row_chunks=2)

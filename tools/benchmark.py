@@ -57,6 +57,8 @@ flags.DEFINE_integer("batch_syn", 100, "Synthetic images per step (= the whole s
 flags.DEFINE_integer("width", 128, "ConvNet width.", lower_bound=1)
 flags.DEFINE_string("dsa_strategy", "color_crop_cutout_flip_scale_rotate", "DSA strategy, or 'none'.")
 flags.DEFINE_bool("jit", False, "Speed part: matching_gradients(..., jit_compile=True) (tesla/exact).")
+flags.DEFINE_integer("row_chunks", 1, "Speed part: matching_gradients(..., row_chunks=k) (tesla/exact).",
+                     lower_bound=1)
 flags.DEFINE_string("tag", "", "Label stored with every speed record (e.g. the variant being measured).")
 # fidelity
 flags.DEFINE_list("fidelity_steps", ["10", "20", "50"], "N values of the fidelity part.")
@@ -150,7 +152,8 @@ def _speed_child(mode, steps):
       aug = matching.sample_augmentations(strategy, steps, [FLAGS.batch_syn, *shape], seed + 1)
     out = matching.matching_gradients(fmodel, start, target, tf.convert_to_tensor(images), labels, lr,
                                       schedule, mode=mode, augment_params=aug,
-                                      jit_compile=FLAGS.jit and mode != "unrolled")
+                                      jit_compile=FLAGS.jit and mode != "unrolled",
+                                      row_chunks=1 if mode == "unrolled" else FLAGS.row_chunks)
     images.assign_sub(100.0 * out.images_grad)  # an outer step, so that iterations differ
     return out.loss, out.lr_grad
 
@@ -175,7 +178,8 @@ def _speed_child(mode, steps):
   peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1e3 / GB
   timed_peak_gb = _status_kb(os.getpid(), "VmHWM") * 1e3 / GB if can_reset and iters else None
   return {
-      "part": "speed", "mode": mode, "steps": steps, "tag": FLAGS.tag, "jit": FLAGS.jit, "iters": iters,
+      "part": "speed", "mode": mode, "steps": steps, "tag": FLAGS.tag, "jit": FLAGS.jit,
+      "row_chunks": FLAGS.row_chunks, "iters": iters,
       "num_params": fmodel.num_params, "s_per_iter": float(np.median(walls)), "s_per_iter_all": walls,
       "cpu_s_per_iter": float(np.median(cpus)), "cpu_s_per_iter_all": cpus,
       "warmup_s": warmup[0], "warmup_cpu_s": warmup[1],
@@ -339,7 +343,8 @@ def _speed_part(results):
                                     f"--iters={FLAGS.iters}", f"--big_n={FLAGS.big_n}",
                                     f"--big_iters={FLAGS.big_iters}", f"--batch_syn={FLAGS.batch_syn}",
                                     f"--width={FLAGS.width}", f"--dsa_strategy={FLAGS.dsa_strategy}",
-                                    f"--tag={FLAGS.tag}", f"--jit={FLAGS.jit}"], f"{mode} N={steps}")
+                                    f"--tag={FLAGS.tag}", f"--jit={FLAGS.jit}",
+                                    f"--row_chunks={FLAGS.row_chunks}"], f"{mode} N={steps}")
         record = {**key, **(record or {}), **notes}
         if "s_per_iter" in record:
           done[mode].append(record)

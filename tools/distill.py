@@ -34,6 +34,9 @@ flags.DEFINE_enum("mode", "tesla", list(matching.MODES), "Gradient: tesla (first
 flags.DEFINE_enum("strategy", "none", list(replicas.STRATEGIES), "none = one device; mirrored = split "
                   "each student step's batch_syn rows over every local GPU (or logical CPU device) with "
                   "tf.distribute.MirroredStrategy (tesla/exact; batch_syn divisible by the device count).")
+flags.DEFINE_integer("row_chunks", 1, "tesla/exact on one device: run every student step on this many "
+                     "equal chunks of its batch_syn rows, one after another — the same gradients at about "
+                     "1/row_chunks of the activation memory, a little slower.", lower_bound=1)
 flags.DEFINE_integer("syn_steps", 20, "N: student steps per iteration.", lower_bound=1)
 flags.DEFINE_integer("expert_epochs", 2, "M: expert epochs between start and target.", lower_bound=1)
 flags.DEFINE_integer("max_start_epoch", 20, "T+: start epoch drawn from [0, T+).", lower_bound=1)
@@ -75,6 +78,7 @@ def config_from_flags():
       max_start_epoch=FLAGS.max_start_epoch, lr_img=FLAGS.lr_img, lr_lr=FLAGS.lr_lr,
       lr_labels=FLAGS.lr_labels, lr_teacher=FLAGS.lr_teacher, batch_syn=FLAGS.batch_syn,
       pix_init=FLAGS.pix_init, labels=FLAGS.labels, mode=FLAGS.mode, strategy=FLAGS.strategy,
+      row_chunks=FLAGS.row_chunks,
       halve_tesla_image_grad=FLAGS.halve_tesla_image_grad, dsa_strategy=FLAGS.dsa_strategy,
       iterations=FLAGS.iterations, seed=FLAGS.seed, save_every=FLAGS.save_every, log_every=FLAGS.log_every,
       log_images_every=FLAGS.log_images_every, eval_every=FLAGS.eval_every,

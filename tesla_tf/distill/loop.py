@@ -49,6 +49,7 @@ class DistillConfig:
   mode: str = "tesla"
   strategy: str = "none"               # "mirrored": split each student step over the local devices
   halve_tesla_image_grad: bool = False
+  row_chunks: int = 1                  # tesla/exact: each student step on this many row chunks in turn
   dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
   iterations: int = 5000
   seed: int = 0
@@ -107,6 +108,7 @@ class Distiller:
     num_classes, n = self.info.num_classes, self.info.num_classes * config.ipc
     self.batch_syn = config.batch_syn or n
     self.replicas = replicas_lib.build(config.strategy, self.batch_syn)
+    matching.check_row_chunks(config.row_chunks, config.mode, self.batch_syn, self.replicas is not None)
     self.generator = tf.random.Generator.from_seed(config.seed)
     self.images = tf.Variable(self._initial_images(), name="images")
     self.images_buf = tf.Variable(tf.zeros_like(self.images), name="images_momentum")
@@ -191,7 +193,7 @@ class Distiller:
     result = matching.matching_gradients(
         self.fmodel, start, target, self.images.value(), labels, self.syn_lr.value(), schedule,
         mode=c.mode, augment_params=aug, learn_labels=c.labels == "learned",
-        halve_tesla_image_grad=c.halve_tesla_image_grad, replicas=self.replicas)
+        halve_tesla_image_grad=c.halve_tesla_image_grad, replicas=self.replicas, row_chunks=c.row_chunks)
     _sgd_momentum(self.images, self.images_buf, result.images_grad, c.lr_img)
     _sgd_momentum(self.syn_lr, self.syn_lr_buf, result.lr_grad, c.lr_lr)
     metrics = {"loss/matching": result.loss, "syn_lr": self.syn_lr.value(),

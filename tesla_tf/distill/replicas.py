@@ -22,6 +22,8 @@ tesla/exact at constant memory in N. A `strategy.run` per step inside the loop b
 
 import tensorflow as tf
 
+from tesla_tf.distill import matching
+
 STRATEGIES = ("none", "mirrored")
 
 
@@ -42,22 +44,13 @@ class Replicas:
   def local_rows(self, *structures):
     """This replica's contiguous share of every batch-leading tensor (called inside `mean_of`'s fn).
 
-    Tensors of rank ≥ 1 have the minibatch on axis 0 and are sliced; scalars (the DSA "family") are
-    shared and pass unchanged; None passes unchanged. Returns the structures in the same order.
+    Slicing as `matching.share_of_rows`. Returns the structures in the same order.
     """
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync != self.num_replicas:
       raise RuntimeError("Replicas.local_rows must run inside a function given to Replicas.mean_of.")
-    replica = context.replica_id_in_sync_group
-
-    def share(t):
-      if t is None or t.shape.rank == 0:
-        return t
-      self.check_batch(t.shape[0])
-      shares = tf.reshape(t, [self.num_replicas, t.shape[0] // self.num_replicas] + t.shape[1:].as_list())
-      return shares[replica]   # a strided slice: its gradient is dense, zero outside the share
-
-    out = tuple(tf.nest.map_structure(share, s) for s in structures)
+    self.check_batch(structures[0].shape[0])
+    out = matching.share_of_rows(structures, context.replica_id_in_sync_group, self.num_replicas)
     return out[0] if len(out) == 1 else out
 
   def mean_of(self, fn):
