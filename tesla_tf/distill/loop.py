@@ -83,8 +83,6 @@ class Distiller:
       raise ValueError(f"--labels must be one of {LABEL_MODES}, got {config.labels!r}.")
     if config.pix_init not in PIX_INITS:
       raise ValueError(f"--pix_init must be one of {PIX_INITS}, got {config.pix_init!r}.")
-    if config.mode not in matching.MODES:
-      raise ValueError(f"--mode must be one of {matching.MODES}, got {config.mode!r}.")
     self.store = experts.TrajectoryStore(config.store_dir)
     manifest = self.store.manifest
     if manifest["dataset"] != config.dataset:
@@ -108,7 +106,7 @@ class Distiller:
     num_classes, n = self.info.num_classes, self.info.num_classes * config.ipc
     self.batch_syn = config.batch_syn or n
     self.replicas = replicas_lib.build(config.strategy, self.batch_syn)
-    matching.check_row_chunks(config.row_chunks, config.mode, self.batch_syn, self.replicas is not None)
+    matching.check_options(config.mode, self.batch_syn, self.replicas is not None, config.row_chunks)
     self.generator = tf.random.Generator.from_seed(config.seed)
     self.images = tf.Variable(self._initial_images(), name="images")
     self.images_buf = tf.Variable(tf.zeros_like(self.images), name="images_momentum")

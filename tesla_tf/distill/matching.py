@@ -87,8 +87,12 @@ def share_of_rows(structure, index, parts):
   return tf.nest.map_structure(share, structure)
 
 
-def check_row_chunks(row_chunks, mode, batch_syn, replicated):
-  """Raises an error naming --row_chunks unless `matching_gradients(..., row_chunks=)` can run it."""
+def check_options(mode, batch_syn, replicated=False, row_chunks=1):
+  """Raises an error naming the flag unless `matching_gradients` can run this combination."""
+  if mode not in MODES:
+    raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
+  if replicated and mode == "unrolled":
+    raise NotImplementedError("--mode=unrolled does not run under --strategy=mirrored; use tesla or exact.")
   if row_chunks != 1 and (mode == "unrolled" or replicated):
     raise NotImplementedError(f"--row_chunks={row_chunks} needs --mode=tesla or exact on one device "
                               f"(--strategy=none); use --row_chunks=1.")
@@ -124,11 +128,7 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
   Returns:
     MatchResult(loss scalar, images_grad [n, h, w, c], lr_grad scalar, labels_grad [n, C] or None).
   """
-  if mode not in MODES:
-    raise ValueError(f"Unknown matching mode {mode!r}; expected one of {MODES}.")
-  if replicas is not None and mode == "unrolled":
-    raise NotImplementedError("--mode=unrolled does not run under --strategy=mirrored; use tesla or exact.")
-  check_row_chunks(row_chunks, mode, schedule.shape[1], replicas is not None)
+  check_options(mode, schedule.shape[1], replicas is not None, row_chunks)
   dtype = images.dtype
   start, target = tf.cast(start, dtype), tf.cast(target, dtype)
   labels, lr = tf.cast(labels, dtype), tf.cast(lr, dtype)
