@@ -10,7 +10,7 @@ import tensorflow as tf
 from tesla_tf import models
 from tesla_tf.models.convnet import convnet
 from tesla_tf.models.flat import FlatModel
-from tesla_tf.models.layers import InstanceNorm
+from tesla_tf.models.layers import InstanceNorm, ReLU
 from tests.helpers import central_difference, float64, rel_error
 
 
@@ -87,14 +87,14 @@ class MomentsNorm(InstanceNorm):
     return (x - mean) * tf.math.rsqrt(var + self.epsilon) * self.gamma + self.beta
 
 
-def _image_gradient_after_one_step(norm_class):
+def _image_gradient_after_one_step(norm_class, relu_class=ReLU):
   """Gradient wrt images of a loss taken after one inner SGD step (the shape of trajectory matching),
   and central finite differences of the same function at a few pixels, in float64."""
   with float64():
     inputs = keras.Input((6, 6, 2))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
     x = norm_class()(x)
-    x = keras.layers.ReLU()(x)
+    x = relu_class()(x)
     x = keras.layers.AveragePooling2D(2)(x)
     x = keras.layers.Flatten()(x)
     model = keras.Model(inputs, keras.layers.Dense(3)(x))
@@ -124,9 +124,48 @@ def _image_gradient_after_one_step(norm_class):
   return grad.flat[coords], np.array(fd)
 
 
-def test_second_order_image_gradient_matches_finite_differences():
-  grad, fd = _image_gradient_after_one_step(InstanceNorm)
+@pytest.mark.parametrize("relu_class", [ReLU, keras.layers.ReLU])
+def test_second_order_image_gradient_matches_finite_differences(relu_class):
+  grad, fd = _image_gradient_after_one_step(InstanceNorm, relu_class)
   assert rel_error(grad, fd) < 1e-5
+
+
+def test_relu_values_and_first_derivative_are_tf_relu():
+  x = tf.constant(np.random.default_rng(0).normal(size=(3, 5, 5, 2)), tf.float32)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    ours, theirs = ReLU()(x), tf.nn.relu(x)
+  np.testing.assert_array_equal(ours, theirs)
+  weights = tf.constant(np.random.default_rng(1).normal(size=x.shape), tf.float32)
+  np.testing.assert_array_equal(tape.gradient(ours, x, weights), tape.gradient(theirs, x, weights))
+
+
+def _activation_sized_constants(relu):
+  """Used constant-filled tensors of the activation's shape in the graph of a second derivative through
+  `relu`."""
+  x = tf.TensorSpec([2, 4, 4, 3], tf.float32)
+
+  @tf.function(input_signature=[x, x])
+  def second(x, v):
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        y = tf.reduce_sum(tf.square(relu(x)))
+      s = tf.reduce_sum(inner.gradient(y, x) * v)
+    return outer.gradient(s, x)
+
+  graph = second.get_concrete_function().graph
+  return [op.name for op in graph.get_operations()
+          if op.type in ("ZerosLike", "Fill", "Const") and op.outputs[0].shape == x.shape
+          and op.outputs[0].consumers()]  # unused ones are pruned before running
+
+
+def test_relu_second_derivative_builds_no_activation_sized_zeros():
+  # What the layer is for: TF's ReluGrad differentiates into zeros_like(activation), which grappler turns
+  # into a constant kept alive for the function's life; ours differentiates into a product.
+  assert _activation_sized_constants(tf.nn.relu)
+  assert not _activation_sized_constants(ReLU())
 
 
 def test_moments_based_norm_gets_second_order_wrong():

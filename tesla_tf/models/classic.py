@@ -12,7 +12,7 @@ counts (1.0 is the published network; smaller values give cheap variants for tes
 
 import keras
 
-from tesla_tf.models.layers import InstanceNorm
+from tesla_tf.models.layers import InstanceNorm, ReLU
 
 ALEXNET_CHANNELS = (128, 192, 256, 192, 192)
 VGG11_CONFIG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -57,14 +57,14 @@ def alexnet(num_classes, image_shape, width_multiplier=1.0):
   c1, c2, c3, c4, c5 = (_scaled(c, width_multiplier) for c in ALEXNET_CHANNELS)
   inputs = keras.Input(shape=tuple(image_shape))
   x = _conv(inputs, c1, 5, "conv0", padding=4 if image_shape[0] == 28 else 2)
-  x = keras.layers.ReLU()(x)
+  x = ReLU()(x)
   x = keras.layers.MaxPooling2D(2)(x)
   x = _conv(x, c2, 5, "conv1", padding=2)
-  x = keras.layers.ReLU()(x)
+  x = ReLU()(x)
   x = keras.layers.MaxPooling2D(2)(x)
   for index, channels in enumerate((c3, c4, c5), start=2):
     x = _conv(x, channels, 3, f"conv{index}", padding=1)
-    x = keras.layers.ReLU()(x)
+    x = ReLU()(x)
   x = keras.layers.MaxPooling2D(2)(x)
   x = keras.layers.Flatten()(x)
   outputs = keras.layers.Dense(num_classes, name="classifier")(x)
@@ -97,7 +97,7 @@ def vgg11(num_classes, image_shape, width_multiplier=1.0):
     padding = 3 if conv_index == 0 and image_shape[0] == 28 else 1
     x = _conv(x, _scaled(item, width_multiplier), 3, f"conv{conv_index}", padding=padding)
     x = InstanceNorm(name=f"norm{conv_index}")(x)
-    x = keras.layers.ReLU()(x)
+    x = ReLU()(x)
     conv_index += 1
   x = keras.layers.Flatten()(x)
   outputs = keras.layers.Dense(num_classes, name="classifier")(x)
@@ -115,7 +115,7 @@ def _basic_block(x, filters, stride, avg_pool, name):
   conv_stride = 1 if avg_pool else stride
   y = _conv(x, filters, 3, f"{name}_conv1", stride=conv_stride, padding=1, use_bias=False)
   y = InstanceNorm(name=f"{name}_norm1")(y)
-  y = keras.layers.ReLU()(y)
+  y = ReLU()(y)
   if avg_pool and stride > 1:
     y = keras.layers.AveragePooling2D(stride)(y)
   y = _conv(y, filters, 3, f"{name}_conv2", padding=1, use_bias=False)
@@ -127,7 +127,7 @@ def _basic_block(x, filters, stride, avg_pool, name):
     if avg_pool and stride > 1:
       shortcut = keras.layers.AveragePooling2D(stride)(shortcut)
     shortcut = InstanceNorm(name=f"{name}_shortcut_norm")(shortcut)
-  return keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+  return ReLU()(keras.layers.Add()([y, shortcut]))
 
 
 def _resnet18(num_classes, image_shape, width_multiplier, avg_pool, name):
@@ -136,7 +136,7 @@ def _resnet18(num_classes, image_shape, width_multiplier, avg_pool, name):
   x = _conv(inputs, _scaled(RESNET18_CHANNELS[0], width_multiplier), 3, "stem_conv", padding=1,
             use_bias=False)
   x = InstanceNorm(name="stem_norm")(x)
-  x = keras.layers.ReLU()(x)
+  x = ReLU()(x)
   for stage, (channels, stride) in enumerate(zip(RESNET18_CHANNELS, RESNET18_STRIDES), start=1):
     for block in range(RESNET18_BLOCKS_PER_STAGE):
       x = _basic_block(x, _scaled(channels, width_multiplier), stride if block == 0 else 1, avg_pool,

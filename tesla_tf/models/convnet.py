@@ -3,7 +3,7 @@ experts, students, teachers and evaluation."""
 
 import keras
 
-from tesla_tf.models.layers import InstanceNorm
+from tesla_tf.models.layers import InstanceNorm, ReLU
 
 WIDTH = 128
 
@@ -41,7 +41,7 @@ def convnet(num_classes, image_shape, depth=None, width=WIDTH):
     else:
       x = keras.layers.Conv2D(width, 3, padding="same", name=f"conv{block}")(x)
     x = InstanceNorm(name=f"norm{block}")(x)
-    x = keras.layers.ReLU()(x)
+    x = ReLU()(x)
     x = keras.layers.AveragePooling2D(2)(x)
   x = keras.layers.Flatten()(x)
   outputs = keras.layers.Dense(num_classes, name="classifier")(x)
