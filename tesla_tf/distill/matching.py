@@ -183,9 +183,10 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
         if fused:
           loss, adj = loss_and_adjoint(theta - lr * g)
         else:
-          # λ enters only after g is complete: the backward's ops that need nothing but λ (the bias and
-          # β cotangents broadcast to full size, the first conv of λ_W) would otherwise run first and
-          # hold their outputs through the whole forward and first backward (−0.1 to −0.2 GB).
+          # λ enters only after g is complete: the backward's ops that need nothing but λ (each layer's
+          # input convolved with λ_W, the bias and β cotangents broadcast to full size) would otherwise
+          # run first and hold their outputs through the forward and first backward (−0.1 to −0.2 GB
+          # TF peak, docs/benchmarks.md).
           with tf.control_dependencies([g]):
             adj = tf.identity(adj)
       s = tf.reduce_sum(adj * g)
