@@ -199,6 +199,20 @@ def test_row_chunks_run_equals_whole_batch_run(store_dir, tmp_path):
     loop.Distiller(small_config(store_dir, str(tmp_path / "bad"), mode="unrolled", row_chunks=2))
 
 
+@pytest.mark.parametrize("shape", [(), (3, 4, 4, 2)])
+def test_sgd_momentum_is_pytorch_sgd(shape):
+  rng = np.random.default_rng(0)
+  p0, g0, g1 = (rng.normal(size=shape) for _ in range(3))
+  variable, buffer = tf.Variable(p0), tf.Variable(np.zeros(shape))
+  loop._sgd_momentum(variable, buffer, tf.constant(g0), 0.1, momentum=0.5)
+  loop._sgd_momentum(variable, buffer, tf.constant(g1), 0.1, momentum=0.5)
+  buf = g0                   # PyTorch: the first step's buffer is the gradient
+  p1 = p0 - 0.1 * buf
+  buf = 0.5 * buf + g1
+  np.testing.assert_allclose(variable.numpy(), p1 - 0.1 * buf, rtol=1e-12)
+  np.testing.assert_allclose(buffer.numpy(), buf, rtol=1e-12)
+
+
 def test_refuses_store_of_another_dataset(tmp_path):
   make_store(str(tmp_path / "mnist"), "mnist")
   with pytest.raises(ValueError, match="fashion_mnist"):

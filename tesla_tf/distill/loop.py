@@ -69,9 +69,16 @@ class DivergenceError(RuntimeError):
 
 
 def _sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
-  """PyTorch SGD (the published lr_img/lr_lr assume it): buf = m·buf + g; p −= lr·buf."""
-  buffer.assign(momentum * buffer + grad)
-  variable.assign_sub(lr * buffer)
+  """PyTorch SGD (the published lr_img/lr_lr assume it): buf = m·buf + g; p −= lr·buf.
+
+  One in-place kernel: written as `buffer.assign(m * buffer + g)` and `variable.assign_sub(lr * buffer)`
+  it made full-size temporaries, one more copy of the synthetic set at the peak (−1.0 GB at 20,000
+  images of 64×64, docs/scaling.md).
+  """
+  def as_dtype(value):  # Python numbers straight to the variable's dtype (not through float32)
+    return tf.cast(tf.convert_to_tensor(value, dtype_hint=variable.dtype), variable.dtype)
+  tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=buffer.handle, lr=as_dtype(lr),
+                                   grad=as_dtype(grad), momentum=as_dtype(momentum))
 
 
 class Distiller:
