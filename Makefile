@@ -19,12 +19,13 @@ REQUIREMENTS ?= $(if $(HAS_GPU),requirements.txt,requirements-cpu.txt)
 # One stamp per requirements file: pip runs again only when that file is newer than the stamp.
 STAMP := $(VENV)/.installed-$(basename $(notdir $(REQUIREMENTS)))
 
-.PHONY: help venv test demo bench clean distclean
+.PHONY: help venv test demo bench bench-quality clean distclean
 
 help:
 	@echo "make test    run the test suite (pytest -q tests); PYTEST_ARGS='...' adds arguments"
 	@echo "make demo    run tools/demo.py; ARGS='...' adds flags"
 	@echo "make bench   run tools/benchmark.py; ARGS='...' adds flags"
+	@echo "make bench-quality  run tools/benchmark_quality.py (resumable; cache in ~/.cache/tesla_tf/quality)"
 	@echo "make venv    create/update $(VENV) from $(REQUIREMENTS)$(if $(HAS_GPU), (GPU found), (no GPU))"
 	@echo "make clean   remove caches and demo output; make distclean also removes $(VENV)"
 
@@ -62,6 +63,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/benchmark.py $(ARGS)
+
+bench-quality: $(STAMP)
+	$(PY) tools/benchmark_quality.py $(ARGS)
 
 clean:
 	rm -rf .pytest_cache demo_run

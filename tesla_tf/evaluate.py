@@ -7,6 +7,8 @@ buf = m·buf + g, θ −= lr·buf (momentum 0.9, weight decay 5e-4), lr = the se
 MTT/TESLA evaluation builds a new optimiser at the decay), DSA on every batch with fresh parameters,
 and soft-label cross-entropy (one-hot rows for hard labels). The reported number is the test accuracy
 of the FINAL epoch (no test-set early stopping), mean ± std (population std, ddof 0) over the seeds.
+Every network is also measured on the set's validation split (held out of the train set), the only
+accuracy any selection may use.
 
 The honest baseline is always computed beside it: a random real subset with the same number of images
 per class, trained with the same recipe, the same lr and the same seeds. Its labels are one-hot, or,
@@ -33,6 +35,7 @@ import tesla_tf
 from tesla_tf import augment
 from tesla_tf import models
 from tesla_tf.data import distilled
+from tesla_tf.data import holdout
 from tesla_tf.data import sources
 from tesla_tf.distill import matching
 
@@ -187,11 +190,12 @@ class Trainer:
       raise ValueError("The test set is empty.")
     return correct / total
 
-  def fit(self, images, labels, lr, seed, test_batches, tag=""):
+  def fit(self, images, labels, lr, seed, test_batches, tag="", validation_batches=None):
     """Trains a fresh network (weights from `seed`) and tests it after the final epoch.
 
     Returns:
-      {"test_accuracy", "train_loss", "train_accuracy", "curve" [[epoch, acc], ...], "seed", "seconds"}.
+      {"test_accuracy", "validation_accuracy" (None without validation_batches), "train_loss",
+      "train_accuracy", "curve" [[epoch, acc], ...], "seed", "seconds"}.
     """
     cfg, start = self.config, time.time()
     self.reset(seed)
@@ -213,10 +217,12 @@ class Trainer:
         logging.info("%s epoch %d/%d lr %.4g loss %.4f train acc %.3f", tag, done, cfg.epochs,
                      lr_at(epoch, lr, cfg.epochs), loss, acc)
     accuracy = self.test(test_batches)
+    validation = self.test(validation_batches) if validation_batches is not None else None
     curve.append([cfg.epochs, accuracy])
-    logging.info("%s final test accuracy %.4f (%.1f s)", tag, accuracy, time.time() - start)
-    return {"seed": seed, "test_accuracy": accuracy, "train_loss": loss, "train_accuracy": acc,
-            "curve": curve, "seconds": time.time() - start}
+    logging.info("%s final test accuracy %.4f%s (%.1f s)", tag, accuracy,
+                 "" if validation is None else f", validation {validation:.4f}", time.time() - start)
+    return {"seed": seed, "test_accuracy": accuracy, "validation_accuracy": validation, "train_loss": loss,
+            "train_accuracy": acc, "curve": curve, "seconds": time.time() - start}
 
 
 def _batches(data, preprocessor, batch_size):
@@ -269,18 +275,27 @@ def _default_real(dataset, split, data_dir):
   return sources.load(dataset, split, data_dir)
 
 
-def random_subset(pool, index, ipc, seed):
-  """`ipc` random real examples per class (class-sorted), seeded; pool is arrays or a dataset."""
-  positions = sources.sample_per_class(index, ipc, seed)
+def take(pool, positions):
+  """The examples (images, labels) at `positions` of a pool of arrays or a dataset."""
   if isinstance(pool, tf.data.Dataset):
     return sources.take_positions(pool, positions)
   return np.asarray(pool[0])[positions], np.asarray(pool[1])[positions]
 
 
+def random_subset(pool, index, ipc, seed):
+  """`ipc` random real examples per class (class-sorted), seeded; pool is arrays or a dataset."""
+  return take(pool, sources.sample_per_class(index, ipc, seed))
+
+
 def _summary(runs):
+  """Test accuracy mean ± std over the runs, and validation accuracy mean ± std when measured."""
   accuracies = [r["test_accuracy"] for r in runs]
-  return {"accuracies": accuracies, "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies)),
-          "runs": runs}
+  summary = {"accuracies": accuracies, "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies))}
+  validation = [r["validation_accuracy"] for r in runs]
+  if all(v is not None for v in validation):
+    summary.update(validation_accuracies=validation, validation_mean=float(np.mean(validation)),
+                   validation_std=float(np.std(validation)))
+  return {**summary, "runs": runs}
 
 
 def write_json(path, obj):
@@ -294,15 +309,21 @@ def write_json(path, obj):
 
 
 def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=None, train_data=None,
-                       baseline_labeler: Optional[Callable] = None, out_path=None, logdir=None, step=0):
+                       validation_data=None, baseline_labeler: Optional[Callable] = None, out_path=None,
+                       logdir=None, step=0):
   """Evaluates a distilled set and the random-subset baseline with the same recipe.
+
+  The set's validation split (`distilled_set.holdout`) is kept out of the baseline's draw, and every
+  network is also measured on it ("validation_accuracy"), for selections that must not see the test set.
 
   Args:
     distilled_set: the DistilledSet.
     config: EvalConfig.
     preprocessor: the set's preprocessor (default: rebuilt from its dict; ZCA sets must pass it).
     test_data: real test (images, labels) or dataset; default the dataset's test split.
-    train_data: real train pool for the baseline; default the dataset's train split.
+    train_data: real train pool for the baseline; default the dataset's train split (positions of the
+      set's validation split refer to it).
+    validation_data: the validation (images, labels) or dataset; default the set's holdout of the pool.
     baseline_labeler: images [k, h, w, c] (model space) -> [k, C] rows, for soft-label baselines.
     out_path: where to write the results as JSON (atomically), e.g. <run_dir>/eval.json.
     logdir: TensorBoard directory for the accuracy scalars.
@@ -324,13 +345,20 @@ def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=No
   if test_data is None:
     test_data = _default_real(distilled_set.dataset, "test", config.data_dir)
   test = _batches(test_data, prep, config.test_batch_size)
+  split = holdout.Holdout(**distilled_set.holdout)
 
-  subsets, label_source = [], None
-  if config.baseline:
+  subsets, label_source, validation = [], None, None
+  if config.baseline or (split.size and validation_data is None):
     pool = train_data if train_data is not None else _default_real(
         distilled_set.dataset, "train", config.data_dir)
     index = (sources.class_index_from_dataset(pool, num_classes) if isinstance(pool, tf.data.Dataset)
              else sources.build_class_index(np.asarray(pool[1]), num_classes))
+    index, validation_positions = split.split(index)
+    if split.size and validation_data is None:
+      validation_data = take(pool, validation_positions)
+  if validation_data is not None:
+    validation = _batches(validation_data, prep, config.test_batch_size)
+  if config.baseline:
     use_labeler = distilled_set.soft and baseline_labeler is not None
     label_source = "baseline_labeler" if use_labeler else "one-hot"
     for k in range(config.num_eval):
@@ -354,12 +382,14 @@ def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=No
       return trainers[n]
 
     runs = [trainer_for(len(labels)).fit(images, labels, lr, config.seed + k, test,
-                                         tag=f"[distilled {arch} seed {config.seed + k}]")
+                                         tag=f"[distilled {arch} seed {config.seed + k}]",
+                                         validation_batches=validation)
             for k in range(config.num_eval)]
     results["distilled"][arch] = _summary(runs)
     if config.baseline:
       runs = [trainer_for(len(y)).fit(x, y, lr, config.seed + k, test,
-                                      tag=f"[random subset {arch} seed {config.seed + k}]")
+                                      tag=f"[random subset {arch} seed {config.seed + k}]",
+                                      validation_batches=validation)
               for k, (x, y) in enumerate(subsets)]
       results["random_subset"][arch] = _summary(runs)
 
@@ -371,6 +401,7 @@ def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=No
       "lr_source": "config.lr" if config.lr is not None else "learned α of the set",
       "seeds": [config.seed + k for k in range(config.num_eval)],
       "random_subset_labels": label_source, "model_kwargs": used_kwargs,
+      "holdout": split.to_dict(), "validation": validation is not None,
       "preprocessing": distilled.json_safe(distilled_set.preprocessing),
       "config": distilled.json_safe(dataclasses.asdict(config)),
       "version": tesla_tf.__version__, "seconds": time.time() - start,

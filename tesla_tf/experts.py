@@ -38,6 +38,7 @@ import tensorflow as tf
 from tesla_tf import augment
 from tesla_tf import models
 from tesla_tf import multi_worker
+from tesla_tf.data import holdout
 from tesla_tf.data import pipeline
 from tesla_tf.data import preprocess
 from tesla_tf.data import sources
@@ -48,7 +49,7 @@ FORMAT = "tesla_tf.trajectory_store/1"
 # Fields that must agree for two sets of experts to share one store.
 COMPAT_FIELDS = ("format", "dataset", "num_classes", "image_shape", "model", "model_kwargs", "num_params",
                  "layout", "preprocessing", "epochs", "lr_teacher", "momentum", "batch_size",
-                 "augment_strategy", "seed", "max_train_examples")
+                 "augment_strategy", "seed", "max_train_examples", "holdout")
 _EXPERT_RE = re.compile(r"^expert_(\d+)\.json$")
 _EVAL_BATCH = 1024
 
@@ -327,6 +328,8 @@ class ExpertConfig:
     seed: base seed; expert i's init and data seeds derive from (seed, i).
     data_service: tf.data service dispatcher "grpc://host:port", or None to read data here.
     max_train_examples: use a seeded random subset of the train set of this size (None = all).
+    validation_size: train examples held out of expert training for validation (data/holdout.py; None =
+      the dataset's default, 0 = none); the store records the split for distillation and evaluation.
     max_test_examples: evaluate on a seeded random subset of the test set of this size (None = all).
     verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
     strategy: a key of STRATEGIES: "none" (this process alone) or "multi_worker" (one expert trained by
@@ -348,6 +351,7 @@ class ExpertConfig:
   data_service: str | None = None
   max_train_examples: int | None = None
   max_test_examples: int | None = None
+  validation_size: int | None = None
   verbose: int = 1
   strategy: str = "none"
 
@@ -446,16 +450,36 @@ def _subset(config, split, size):
   return sources.take_positions(ds, np.sort(rng.choice(count, min(size, count), replace=False)))
 
 
+def store_holdout(config):
+  """The validation split of the store `config` trains (data/holdout.py)."""
+  return holdout.for_dataset(config.dataset, config.validation_size, config.seed)
+
+
 def _train_examples(config):
-  """(train dataset, count, numpy images or None) honouring max_train_examples."""
+  """(train dataset, count, numpy images or None): the train split minus the validation split, or a
+  seeded subset of that rest of max_train_examples examples."""
   info = sources.get_info(config.dataset)
-  if config.max_train_examples is not None:
-    images, labels = _subset(config, "train", config.max_train_examples)
-  elif info.source == "idx" or config.preprocessing == "zca":
-    images, labels = sources.load_numpy(config.dataset, "train", config.data_dir)
-  else:
+  split = store_holdout(config)
+  in_memory = info.source == "idx" or config.preprocessing == "zca" or config.max_train_examples is not None
+  if split.size == 0 and not in_memory:
     ds = sources.load(config.dataset, "train", config.data_dir)
     return ds, _count(ds), None
+  arrays = sources.load_numpy(config.dataset, "train", config.data_dir) if info.source == "idx" else None
+  index = (sources.build_class_index(arrays[1], info.num_classes) if arrays is not None
+           else holdout.train_index(config.dataset, config.data_dir, config.store_dir))
+  rest, _ = split.split(index)
+  keep = holdout.positions_of(rest)
+  if config.max_train_examples is not None:
+    rng = np.random.default_rng(config.seed)
+    keep = np.sort(rng.choice(keep, min(config.max_train_examples, len(keep)), replace=False))
+  if not in_memory:
+    ds = holdout.keep_positions(sources.load(config.dataset, "train", config.data_dir), keep,
+                                sum(len(p) for p in index))
+    return ds, len(keep), None
+  if arrays is not None:
+    images, labels = arrays[0][keep], arrays[1][keep]
+  else:
+    images, labels = sources.take_positions(sources.load(config.dataset, "train", config.data_dir), keep)
   return tf.data.Dataset.from_tensor_slices((images, labels)), len(labels), images
 
 
@@ -502,7 +526,7 @@ def manifest_fields(config, flat_model, preprocessor):
           "preprocessing": preprocessor.to_dict(), "epochs": config.epochs,
           "lr_teacher": config.lr_teacher, "momentum": 0.0, "batch_size": config.batch_size,
           "augment_strategy": config.augment_strategy, "seed": config.seed,
-          "max_train_examples": config.max_train_examples}
+          "max_train_examples": config.max_train_examples, "holdout": store_holdout(config).to_dict()}
 
 
 def open_store(config):

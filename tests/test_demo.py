@@ -19,17 +19,28 @@ def test_demo_runs_end_to_end(tmp_path):
   for kind in ("distilled", "random_subset"):
     accuracy = results[kind]["convnet"]["accuracies"]
     assert len(accuracy) == 1 and 0.0 <= accuracy[0] <= 1.0
-  # The baseline is trained on the teacher's soft labels, as the distilled set (a fair comparison).
-  assert results["settings"]["soft_labels"]
+  # Hard labels by default; the baseline gets the same kind, and both are measured on validation.
+  assert not results["settings"]["soft_labels"] and results["settings"]["random_subset_labels"] == "one-hot"
+  assert results["settings"]["holdout"] == {"size": 5000, "seed": 0}
+  assert 0.0 <= results["distilled"]["convnet"]["validation_mean"] <= 1.0
 
   ds, metadata = distilled.load(os.path.join(tmp_path, "run", "distilled"))
   examples = list(ds.as_numpy_iterator())
   assert len(examples) == 10 and metadata["ipc"] == 1
   soft = np.stack([e["soft_label"] for e in examples])
-  np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-5)
-  np.testing.assert_array_equal([e["label"] for e in examples], soft.argmax(axis=1))  # the hard label
+  np.testing.assert_array_equal(soft, np.eye(10))
+  np.testing.assert_array_equal([e["label"] for e in examples], np.arange(10))
 
   text = demo.summary(results, config)
   assert f"{100 * results['distilled']['convnet']['mean']:.2f}" in text
   assert f"{100 * results['random_subset']['convnet']['mean']:.2f}" in text
-  assert "tensorboard --logdir" in text
+  assert "tensorboard --logdir" in text and "Labels: hard labels, chosen on the validation split" in text
+
+
+def test_verdict_needs_ten_points_and_three_standard_deviations():
+  def r(mean, std):
+    return {"mean": mean, "std": std}
+  assert demo.verdict(r(0.70, 0.01), r(0.55, 0.02)).startswith("beats the random subset by 15.0 points (7.5×")
+  assert "less than a clear win" in demo.verdict(r(0.64, 0.01), r(0.55, 0.02))   # 9 points
+  assert "less than a clear win" in demo.verdict(r(0.70, 0.01), r(0.55, 0.06))   # 15 points < 3 × 6
+  assert demo.verdict(r(0.50, 0.01), r(0.55, 0.02)).startswith("does NOT beat")

@@ -130,6 +130,7 @@ def _step_child():
   images = tf.Variable(tf.random.stateless_normal((n,) + SHAPE, seed=[0, 0]), name="images")
   images_buf = tf.Variable(tf.zeros_like(images), name="images_momentum")
   strategy = FLAGS.dsa_strategy
+  hard = tf.one_hot(tf.range(n) % CLASSES, CLASSES)
 
   @tf.function
   def iteration(lr, seed):
@@ -137,7 +138,7 @@ def _step_child():
     aug = None
     if strategy != "none":
       aug = matching.sample_augmentations(strategy, steps, [batch, *SHAPE], seed + 1)
-    labels = labels_lib.teacher_labels_for_schedule(fmodel, target, images, schedule, CLASSES)
+    labels = labels_lib.teacher_labels_for_schedule(fmodel, target, images, schedule, hard)
     out = matching.matching_gradients(fmodel, start, target, images.value(), labels, lr, schedule,
                                       mode=mode, augment_params=aug)
     _sgd_momentum(images, images_buf, out.images_grad, FLAGS.lr_img)

@@ -1,6 +1,6 @@
 """`make demo`: real Fashion-MNIST end to end — experts, TESLA distillation, evaluation, export.
 
-  python tools/demo.py [--workdir=demo_run] [--iterations=200] ...
+  python tools/demo.py [--workdir=demo_run] [--iterations=300] [--labels=hard] ...
 """
 
 import os
@@ -20,6 +20,7 @@ flags.DEFINE_integer("iterations", _DEFAULTS.iterations, "Distillation iteration
 flags.DEFINE_integer("num_experts", _DEFAULTS.num_experts, "Experts to train.", lower_bound=1)
 flags.DEFINE_integer("eval_epochs", _DEFAULTS.eval_epochs, "Epochs of each evaluation.", lower_bound=1)
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the whole demo.")
+flags.DEFINE_enum("labels", _DEFAULTS.labels, list(demo.LABEL_REASONS), "Labels of the synthetic set.")
 FLAGS = flags.FLAGS
 
 
@@ -27,7 +28,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = demo.DemoConfig(workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, download=FLAGS.download,
-                           iterations=FLAGS.iterations,
+                           iterations=FLAGS.iterations, labels=FLAGS.labels,
                            num_experts=FLAGS.num_experts, eval_epochs=FLAGS.eval_epochs, seed=FLAGS.seed)
   print(demo.summary(demo.run_demo(config), config))
 

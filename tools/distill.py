@@ -28,6 +28,11 @@ flags.DEFINE_integer("ipc", 1, "Synthetic images per class.", lower_bound=1)
 flags.DEFINE_enum("pix_init", "real", list(loop.PIX_INITS), "Initialise from real images or N(0,1) noise.")
 flags.DEFINE_enum("labels", "hard", list(loop.LABEL_MODES),
                   "hard one-hot; teacher = TESLA's expert soft labels; learned = learned soft labels.")
+flags.DEFINE_float("label_temperature", 1.0, "--labels=teacher: rows softmax(logits / T) (TESLA: 1).",
+                   lower_bound=1e-6)
+flags.DEFINE_float("label_mix", 0.0, "--labels=teacher: rows (1 − β)·teacher + β·one-hot class; β >= 0.5 keeps "
+                   "each row's argmax on its class, β = 1 is hard labels (TESLA: 0).", lower_bound=0.0,
+                   upper_bound=1.0)
 # matching
 flags.DEFINE_enum("mode", "tesla", list(matching.MODES), "Gradient: tesla (first-order, constant memory), "
                   "exact (adjoint, constant memory) or unrolled (MTT, memory linear in syn_steps).")
@@ -77,7 +82,8 @@ def config_from_flags():
       ipc=FLAGS.ipc, syn_steps=FLAGS.syn_steps, expert_epochs=FLAGS.expert_epochs,
       max_start_epoch=FLAGS.max_start_epoch, lr_img=FLAGS.lr_img, lr_lr=FLAGS.lr_lr,
       lr_labels=FLAGS.lr_labels, lr_teacher=FLAGS.lr_teacher, batch_syn=FLAGS.batch_syn,
-      pix_init=FLAGS.pix_init, labels=FLAGS.labels, mode=FLAGS.mode, strategy=FLAGS.strategy,
+      pix_init=FLAGS.pix_init, labels=FLAGS.labels, label_temperature=FLAGS.label_temperature,
+      label_mix=FLAGS.label_mix, mode=FLAGS.mode, strategy=FLAGS.strategy,
       row_chunks=FLAGS.row_chunks,
       halve_tesla_image_grad=FLAGS.halve_tesla_image_grad, dsa_strategy=FLAGS.dsa_strategy,
       iterations=FLAGS.iterations, seed=FLAGS.seed, save_every=FLAGS.save_every, log_every=FLAGS.log_every,

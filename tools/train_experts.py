@@ -32,6 +32,9 @@ flags.DEFINE_integer("max_train_examples", None, "Train on a seeded random subse
                      "(demos and tests; default: the whole train set).", lower_bound=1)
 flags.DEFINE_integer("max_test_examples", None, "Evaluate on a seeded random subset of the test set of "
                      "this size (demos and tests; default: the whole test set).", lower_bound=1)
+flags.DEFINE_integer("validation_size", None, "Train examples held out of the experts for validation "
+                     "(class-balanced, seeded by --seed; distillation and evaluation select on them). "
+                     "Default: the dataset's (5,000 for Fashion-MNIST/CIFAR); 0 = none.", lower_bound=0)
 flags.DEFINE_string("data_service", None, "tf.data service dispatcher grpc://host:port to read the "
                     "input from (start it with tools/data_service.py); default: read data here.")
 # model
@@ -87,7 +90,7 @@ def config_from_flags():
       epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher, batch_size=FLAGS.batch_train,
       augment_strategy=FLAGS.dsa_strategy, seed=FLAGS.seed, data_service=FLAGS.data_service,
       max_train_examples=FLAGS.max_train_examples, max_test_examples=FLAGS.max_test_examples,
-      verbose=FLAGS.verbose, strategy=FLAGS.strategy)
+      validation_size=FLAGS.validation_size, verbose=FLAGS.verbose, strategy=FLAGS.strategy)
 
 
 def main(argv):

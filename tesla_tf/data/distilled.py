@@ -206,6 +206,7 @@ def _write(distilled_set, directory, prep, class_names, shard_size):
       "preprocessing": json_safe(distilled_set.preprocessing),
       "model": json_safe(distilled_set.model),
       "config": json_safe(distilled_set.config),
+      "holdout": json_safe(distilled_set.holdout),
       "shards": shards,
       "files": [_file_entry(directory, name) for name in extra_files],
       "tfds": {"name": TFDS_NAME, "split": SPLIT, "filename_template": FILENAME_TEMPLATE},
@@ -338,14 +339,15 @@ def load_set(out_dir, *, check=True):
                              f"{metadata['num_examples']}.")
   return DistilledSet(images=images, labels=labels, lr=metadata["lr"], dataset=metadata["dataset"],
                       ipc=metadata["ipc"], preprocessing=metadata["preprocessing"],
-                      model=metadata["model"], config=metadata["config"])
+                      model=metadata["model"], config=metadata["config"],
+                      holdout=metadata.get("holdout", {}))
 
 
 def save_npz(distilled_set, path, *, preprocessor=None):
   """Writes a set as one .npz (atomically) and its preprocessing files beside it.
 
   Keys: images [n, h, w, c] float32, labels [n, C] float32, lr [] float64, metadata (JSON string of
-  dataset, ipc, preprocessing, model, config).
+  dataset, ipc, preprocessing, model, config, holdout).
   """
   _check_set(distilled_set)
   directory = os.path.dirname(os.path.abspath(path))
@@ -354,7 +356,7 @@ def save_npz(distilled_set, path, *, preprocessor=None):
     resolve_preprocessor(distilled_set, preprocessor).save(directory)
   metadata = json_safe({"dataset": distilled_set.dataset, "ipc": distilled_set.ipc,
                          "preprocessing": distilled_set.preprocessing, "model": distilled_set.model,
-                         "config": distilled_set.config})
+                         "config": distilled_set.config, "holdout": distilled_set.holdout})
   with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
     np.savez(f, images=np.asarray(distilled_set.images, np.float32),
              labels=np.asarray(distilled_set.labels, np.float32), lr=np.float64(distilled_set.lr),
@@ -369,7 +371,8 @@ def load_npz(path):
       meta = json.loads(str(data["metadata"]))
       return DistilledSet(images=data["images"], labels=data["labels"], lr=float(data["lr"]),
                           dataset=meta["dataset"], ipc=meta["ipc"], preprocessing=meta["preprocessing"],
-                          model=meta["model"], config=meta.get("config", {}))
+                          model=meta["model"], config=meta.get("config", {}),
+                          holdout=meta.get("holdout", {}))
   except (OSError, ValueError, KeyError) as e:
     raise CorruptExportError(f"{path} is not a distilled-set .npz with keys images, labels, lr, "
                              f"metadata: {e}") from e

@@ -62,6 +62,9 @@ class DatasetInfo:
     debian_dir: where the Debian package puts the IDX files, for "idx" sources.
     tfds_test_split: the TFDS split read for "test".
     how_to_get: one line telling the user how to obtain the data.
+    validation_size: train examples held out for validation by default (data/holdout.py), a multiple
+      of num_classes: 5,000 for the 50,000-60,000-image sets (the size of CIFAR's customary split),
+      50 per class for Tiny ImageNet, 10 per class for ImageNet-1K.
   """
   name: str
   num_classes: int
@@ -74,6 +77,7 @@ class DatasetInfo:
   debian_dir: str = ""
   tfds_test_split: str = "test"
   how_to_get: str = ""
+  validation_size: int = 5000
 
 
 DATASETS = {
@@ -99,12 +103,13 @@ DATASETS = {
     "tiny_imagenet": DatasetInfo(
         "tiny_imagenet", 200, (64, 64, 3), (), _IMAGENET_MEAN, _IMAGENET_STD, "tiny_imagenet",
         how_to_get="unzip http://cs231n.stanford.edu/tiny-imagenet-200.zip and pass --data_dir=<root> "
-        "(root holds wnids.txt, train/<wnid>/images/*.JPEG, val/images/, val/val_annotations.txt)"),
+        "(root holds wnids.txt, train/<wnid>/images/*.JPEG, val/images/, val/val_annotations.txt)",
+        validation_size=10000),
     "imagenet64": DatasetInfo(
         "imagenet64", 1000, (64, 64, 3), (), _IMAGENET_MEAN, _IMAGENET_STD, "imagenet64", _IMAGENET64_TFDS,
         tfds_test_split="validation",
         how_to_get="prepare TFDS imagenet_resized/64x64 (manual download of Imagenet64_{train,val}_npz) in "
-        "--data_dir, or a folder <root>/{train,val}/<wnid>/*.png of 64x64 images"),
+        "--data_dir, or a folder <root>/{train,val}/<wnid>/*.png of 64x64 images", validation_size=10000),
 }
 
 

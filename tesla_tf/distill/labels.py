@@ -1,6 +1,36 @@
-"""Labels of the synthetic set: hard one-hot rows, TESLA's teacher soft labels (REFERENCE §6)."""
+"""Labels of the synthetic set: hard one-hot rows, TESLA's teacher soft labels (REFERENCE §6).
+
+Teacher labels follow the images: every iteration the target expert relabels them. Two options keep
+them from drifting away from the class an image stands for (measured in docs/quality.md):
+  temperature T   softmax(z / T): T < 1 sharpens the teacher's rows, T > 1 flattens them;
+  mix β           (1 − β)·teacher + β·one-hot(class): for β ≥ 0.5 a row's argmax is always its class,
+                  β = 1 gives hard labels.
+TESLA's labels are T = 1, β = 0.
+"""
+
+import dataclasses
 
 import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherLabels:
+  """How teacher logits become label rows: softmax(z / temperature), mixed with the one-hot class."""
+  temperature: float = 1.0
+  mix: float = 0.0
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(f"--label_temperature must be > 0, got {self.temperature}.")
+    if not 0.0 <= self.mix <= 1.0:
+      raise ValueError(f"--label_mix must lie in [0, 1], got {self.mix}.")
+
+  def rows(self, logits, hard):
+    """[k, C] probability rows from teacher logits [k, C] and the rows' one-hot classes [k, C]."""
+    probs = tf.nn.softmax(logits / tf.cast(self.temperature, logits.dtype))
+    if self.mix:
+      probs = (1.0 - self.mix) * probs + self.mix * tf.cast(hard, probs.dtype)
+    return tf.stop_gradient(probs)
 
 
 def hard_labels(num_classes, ipc, dtype=tf.float32):
@@ -8,24 +38,46 @@ def hard_labels(num_classes, ipc, dtype=tf.float32):
   return tf.one_hot(tf.repeat(tf.range(num_classes), ipc), num_classes, dtype=dtype)
 
 
-def teacher_labels(fmodel, theta, images):
-  """softmax(f(X̃; θ)) at temperature 1, no augmentation, no gradient: TESLA's label assignment.
+def teacher_labels(fmodel, theta, images, hard=None, how=TeacherLabels()):
+  """The teacher's label rows: softmax(f(X̃; θ)) (TESLA's label assignment at the default `how`), no
+  augmentation, no gradient.
 
   Args:
     fmodel: FlatModel.  theta: the teacher's flat parameters [P] (θ*_{t+M}).
     images: [k, h, w, c].
+    hard: [k, C] one-hot classes of the rows (needed when how.mix > 0).
+    how: TeacherLabels (temperature, mix).
   Returns:
     [k, C] probability rows (constants: gradients are stopped).
   """
-  return tf.stop_gradient(tf.nn.softmax(fmodel.apply(theta, images, training=False)))
+  logits = fmodel.apply(theta, images, training=False)
+  return how.rows(logits, tf.zeros_like(logits) if hard is None else hard)
 
 
-def teacher_labels_for_schedule(fmodel, theta, images, schedule, num_classes):
+def teacher_labels_for_schedule(fmodel, theta, images, schedule, hard, how=TeacherLabels()):
   """Teacher labels for just the rows a step schedule uses, scattered into an [n, C] matrix.
 
   Rows the schedule never touches are left zero: they take no part in this iteration, so the matching
   gradients equal those with every row relabelled, for less work when batch_syn·N < n (ImageNet).
+
+  Args:
+    hard: [n, C] one-hot classes of all n rows.
   """
   rows, _ = tf.unique(tf.reshape(schedule, [-1]))
-  probs = teacher_labels(fmodel, theta, tf.gather(images, rows))
-  return tf.scatter_nd(rows[:, None], probs, [tf.shape(images)[0], num_classes])
+  probs = teacher_labels(fmodel, theta, tf.gather(images, rows), tf.gather(hard, rows), how)
+  return tf.scatter_nd(rows[:, None], probs, tf.shape(hard))
+
+
+def statistics(labels, hard, rows):
+  """What to watch of soft labels: mean entropy (nats) and the share of rows whose argmax is their class.
+
+  Args:
+    labels: [n, C] probability rows.  hard: [n, C] one-hot classes.  rows: int [k] rows to measure.
+  Returns:
+    {"labels/entropy": [], "labels/argmax_is_class": []} float32 scalars.
+  """
+  probs, classes = tf.gather(labels, rows), tf.gather(hard, rows)
+  entropy = -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(probs), probs), axis=1)
+  agree = tf.equal(tf.argmax(probs, axis=1), tf.argmax(classes, axis=1))
+  return {"labels/entropy": tf.reduce_mean(entropy),
+          "labels/argmax_is_class": tf.reduce_mean(tf.cast(agree, tf.float32))}

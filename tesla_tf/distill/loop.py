@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from tesla_tf import evaluate, experts, models, summaries
-from tesla_tf.data import class_index, distilled, preprocess, sources
+from tesla_tf.data import class_index, distilled, holdout, preprocess, sources
 from tesla_tf.distill import labels as labels_lib
 from tesla_tf.distill import matching
 from tesla_tf.distill import replicas as replicas_lib
@@ -42,6 +42,8 @@ class DistillConfig:
   lr_img: float = 1000.0
   lr_lr: float = 1e-5
   lr_labels: float = 10.0
+  label_temperature: float = 1.0       # teacher labels: softmax(z / T)
+  label_mix: float = 0.0               # teacher labels: (1 − β)·teacher + β·one-hot class
   lr_teacher: Optional[float] = None   # α₀; None = the experts' learning rate
   batch_syn: int = 0                   # 0 = all n synthetic images
   pix_init: str = "real"
@@ -90,6 +92,9 @@ class Distiller:
       raise ValueError(f"--labels must be one of {LABEL_MODES}, got {config.labels!r}.")
     if config.pix_init not in PIX_INITS:
       raise ValueError(f"--pix_init must be one of {PIX_INITS}, got {config.pix_init!r}.")
+    self.teacher_how = labels_lib.TeacherLabels(config.label_temperature, config.label_mix)
+    if config.labels != "teacher" and self.teacher_how != labels_lib.TeacherLabels():
+      raise ValueError("--label_temperature and --label_mix shape teacher labels; they need --labels=teacher.")
     self.store = experts.TrajectoryStore(config.store_dir)
     manifest = self.store.manifest
     if manifest["dataset"] != config.dataset:
@@ -104,6 +109,7 @@ class Distiller:
     if not self.experts:
       raise ValueError(f"--store_dir={config.store_dir} has no finished expert; run tools/train_experts.py.")
     self.preprocessor = preprocess.from_dict(manifest["preprocessing"], config.store_dir)
+    self.holdout = holdout.from_manifest(manifest)
     self.model_spec = {"name": manifest["model"], **manifest.get("model_kwargs", {})}
     model = models.build(manifest["model"], self.info.num_classes, self.info.image_shape,
                          **manifest.get("model_kwargs", {}))
@@ -133,20 +139,15 @@ class Distiller:
 
   # -- set-up ------------------------------------------------------------------------------------
   def _initial_images(self):
-    """IPC real training images per class (model space, class-sorted), or N(0, 1) noise."""
+    """IPC real training images per class, never from the validation split (model space, class-sorted),
+    or N(0, 1) noise."""
     c = self.config
     shape = (self.info.num_classes * c.ipc,) + tuple(self.info.image_shape)
     if c.pix_init == "noise":
       return tf.random.stateless_normal(shape, seed=[c.seed, 7])
-    train = sources.load(c.dataset, "train", c.data_dir)
-    index_path = os.path.join(c.store_dir, "class_index_train.npz")
-    if os.path.exists(index_path):
-      index = class_index.load_class_index(index_path)
-    else:
-      index = class_index.class_index_from_dataset(train, self.info.num_classes)
-      class_index.save_class_index(index, index_path)
-    positions = class_index.sample_per_class(index, c.ipc, c.seed)
-    images, _ = class_index.take_positions(train, positions)
+    rest, _ = self.holdout.split(holdout.train_index(c.dataset, c.data_dir, c.store_dir))
+    positions = class_index.sample_per_class(rest, c.ipc, c.seed)
+    images, _ = class_index.take_positions(sources.load(c.dataset, "train", c.data_dir), positions)
     return tf.cast(self.preprocessor.apply(images), tf.float32)
 
   def label_teacher(self):
@@ -178,8 +179,8 @@ class Distiller:
   def _labels(self, target, schedule):
     """Ỹ of this iteration ([n, C] probability rows) and the tape source for learned labels."""
     if self.config.labels == "teacher":
-      return labels_lib.teacher_labels_for_schedule(self.fmodel, target, self.images, schedule,
-                                                    self.info.num_classes)
+      return labels_lib.teacher_labels_for_schedule(self.fmodel, target, self.images, schedule, self.hard,
+                                                    self.teacher_how)
     if self.config.labels == "learned":
       return tf.nn.softmax(self.label_logits)
     return self.hard
@@ -207,6 +208,8 @@ class Distiller:
       logits_grad = tape.gradient(labels, self.label_logits, output_gradients=result.labels_grad)
       _sgd_momentum(self.label_logits, self.label_buf, logits_grad, c.lr_labels)
       metrics["grad_norm/labels"] = tf.norm(logits_grad)
+    if c.labels != "hard":
+      metrics.update(labels_lib.statistics(labels, self.hard, tf.unique(tf.reshape(schedule, [-1]))[0]))
     return metrics
 
   def iterate(self):
@@ -227,7 +230,8 @@ class Distiller:
   def distilled_set(self):
     """The current images, their labels (teacher / learned / hard) and α as a DistilledSet."""
     if self.config.labels == "teacher":
-      label_rows = labels_lib.teacher_labels(self.fmodel, self.label_teacher(), self.images)
+      label_rows = labels_lib.teacher_labels(self.fmodel, self.label_teacher(), self.images, self.hard,
+                                             self.teacher_how)
     elif self.config.labels == "learned":
       label_rows = tf.nn.softmax(self.label_logits)
     else:
@@ -236,7 +240,7 @@ class Distiller:
         images=self.images.numpy(), labels=np.asarray(label_rows, np.float32),
         lr=float(self.syn_lr.numpy()), dataset=self.config.dataset, ipc=self.config.ipc,
         preprocessing=self.preprocessor.to_dict(), model=self.model_spec,
-        config=dataclasses.asdict(self.config))
+        config=dataclasses.asdict(self.config), holdout=self.holdout.to_dict())
 
 
 def _peak_rss_gb():
@@ -255,9 +259,15 @@ def _check_divergence(metrics, config):
                           f"{config.run_dir}/checkpoints is kept.")
 
 
+# evaluate.py's summary keys → TensorBoard names ("final" = this evaluation's final-epoch test accuracy)
+_EVAL_SCALARS = {"mean": "final_accuracy_mean", "std": "final_accuracy_std",
+                 "validation_mean": "validation_accuracy_mean", "validation_std": "validation_accuracy_std"}
+
+
 def _evaluator(config, distiller):
-  """A function (distilled_set, step) -> scalars evaluating the set and the random-subset baseline
-  (REFERENCE §7) on config.eval_models, writing <run_dir>/eval.json; None without eval_models."""
+  """A function (distilled_set, step, final) -> scalars evaluating the set (and, when final, the
+  random-subset baseline, REFERENCE §7) on config.eval_models, recording it in eval_history.json and
+  eval.json; None without eval_models."""
   if not config.eval_models:
     return None
   eval_config = evaluate.EvalConfig(models=tuple(config.eval_models), num_eval=config.num_eval,
@@ -265,34 +275,70 @@ def _evaluator(config, distiller):
                                     seed=config.seed, data_dir=config.data_dir)
   teacher = distiller.label_teacher()
 
-  def labeler(images):  # the baseline gets the same kind of labels as the set (REFERENCE §10)
-    return labels_lib.teacher_labels(distiller.fmodel, teacher, tf.constant(images))
+  def labeler(images):  # the baseline (class-sorted like the set) gets the same kind of labels (REFERENCE §10)
+    return labels_lib.teacher_labels(distiller.fmodel, teacher, tf.constant(images), distiller.hard,
+                                     distiller.teacher_how)
 
-  def run(distilled_set, step):
+  def run(distilled_set, step, final):
+    # The baseline does not change with the iteration: measured once, at the end.
     results = evaluate.evaluate_distilled(
-        distilled_set, eval_config, preprocessor=distiller.preprocessor,
+        distilled_set, dataclasses.replace(eval_config, baseline=final), preprocessor=distiller.preprocessor,
         baseline_labeler=labeler if config.labels != "hard" else None,
-        out_path=os.path.join(config.run_dir, "eval.json"))
+        out_path=os.path.join(config.run_dir, "eval.json") if final else None)
     scalars = {}
     for kind in ("distilled", "random_subset"):
       for arch, summary in (results.get(kind) or {}).items():
-        scalars[f"eval/{kind}/{arch}/final_accuracy_mean"] = summary["mean"]
-        scalars[f"eval/{kind}/{arch}/final_accuracy_std"] = summary["std"]
-    for arch, best in _record_evaluation(config.run_dir, step, results).items():
-      scalars[f"eval/distilled/{arch}/best_accuracy_mean"] = best["mean"]
-      logging.info("[eval it %d] %s distilled: this evaluation %.2f %%, best %.2f %% (iteration %d)", step,
-                   arch, 100 * results["distilled"][arch]["mean"], 100 * best["mean"], best["iteration"])
+        for key, name in _EVAL_SCALARS.items():
+          if key in summary:
+            scalars[f"eval/{kind}/{arch}/{name}"] = summary[key]
+    for arch, best in record_evaluation(config.run_dir, step, results).items():
+      if best is None:
+        continue
+      scalars[f"eval/distilled/{arch}/val_selected_test_accuracy_mean"] = best["mean"]
+      scalars[f"eval/distilled/{arch}/val_selected_iteration"] = best["iteration"]
+      logging.info("[eval it %d] %s distilled: test %.2f %%; best on validation: iteration %d (validation "
+                   "%.2f %%, test %.2f %%)", step, arch, 100 * results["distilled"][arch]["mean"],
+                   best["iteration"], 100 * best["validation_mean"], 100 * best["mean"])
     return scalars
 
   return run
 
 
-def _record_evaluation(run_dir, step, results):
-  """Adds one evaluation to <run_dir>/eval_history.json; returns {arch: best distilled evaluation so far}.
+def select_on_validation(evaluations, arch):
+  """The evaluation of `arch` with the highest validation accuracy of the distilled set (the earliest
+  on ties), or None when no evaluation measured validation.
 
-  The history keeps mean ± std of every evaluation by iteration ("final" is the last one's; "best" the
-  highest distilled mean, i.e. MTT's test-set early stopping, REFERENCE §2). A re-run of an iteration
-  (after a resume) replaces its entry.
+  Args:
+    evaluations: eval_history.json's "evaluations" list.
+    arch: an architecture evaluated in them.
+
+  Returns:
+    {"iteration", "validation_mean", "mean" and "std" (its TEST accuracy)} or None.
+  """
+  measured = [e for e in evaluations if "validation_mean" in e["distilled"].get(arch, {})]
+  if not measured:
+    return None
+  top = max(measured, key=lambda e: (e["distilled"][arch]["validation_mean"], -e["iteration"]))
+  summary = top["distilled"][arch]
+  return {"iteration": top["iteration"], "validation_mean": summary["validation_mean"],
+          "mean": summary["mean"], "std": summary["std"]}
+
+
+def _evaluated_iterations(run_dir):
+  path = os.path.join(run_dir, "eval_history.json")
+  if not os.path.exists(path):
+    return set()
+  with open(path) as f:
+    return {e["iteration"] for e in json.load(f)["evaluations"]}
+
+
+def record_evaluation(run_dir, step, results):
+  """Adds one evaluation to <run_dir>/eval_history.json; returns {arch: select_on_validation(...)}.
+
+  The history keeps test (and validation) mean ± std of every evaluation by iteration; "final" is the
+  last one (the headline), "best_on_validation" the one selected on the validation split, with its
+  test accuracy. Nothing is ever selected on the test set. A re-run of an iteration (after a resume)
+  replaces its entry.
   """
   path = os.path.join(run_dir, "eval_history.json")
   history = {"evaluations": []}
@@ -301,17 +347,21 @@ def _record_evaluation(run_dir, step, results):
       history = json.load(f)
   entry = {"iteration": step}
   for kind in ("distilled", "random_subset"):
-    entry[kind] = {arch: {"mean": r["mean"], "std": r["std"]}
+    entry[kind] = {arch: {k: r[k] for k in _EVAL_SCALARS if k in r}
                    for arch, r in (results.get(kind) or {}).items()}
   evaluations = [e for e in history["evaluations"] if e["iteration"] != step] + [entry]
   evaluations.sort(key=lambda e: e["iteration"])
-  best = {}
-  for arch in entry["distilled"]:
-    top = max((e for e in evaluations if arch in e["distilled"]),
-              key=lambda e: e["distilled"][arch]["mean"])
-    best[arch] = {"iteration": top["iteration"], **top["distilled"][arch]}
-  evaluate.write_json(path, {"evaluations": evaluations, "final": evaluations[-1], "best": best})
+  best = {arch: select_on_validation(evaluations, arch) for arch in entry["distilled"]}
+  evaluate.write_json(path, {"evaluations": evaluations, "final": evaluations[-1],
+                             "best_on_validation": best})
   return best
+
+
+def _log_grid(distiller, step):
+  """TensorBoard's image grid of the synthetic set after `step` iterations (in pixel space)."""
+  pixels = distiller.preprocessor.invert(distiller.images)
+  tf.summary.image("synthetic", summaries.class_grid(pixels, distiller.config.ipc,
+                                                     distiller.config.max_image_classes), step=step)
 
 
 def distill(config):
@@ -335,12 +385,13 @@ def distill(config):
     if int(distiller.iteration.numpy()) == 0:
       summaries.flags_text(config.flags_text or json.dumps(dataclasses.asdict(config), indent=1))
     first, tick = int(distiller.iteration.numpy()), time.time()
+    if (evaluate_fn and config.eval_every and 0 < first < config.iterations and first % config.eval_every == 0
+        and first not in _evaluated_iterations(config.run_dir)):  # killed between checkpoint and evaluation
+      summaries.scalars(evaluate_fn(distiller.distilled_set(), first, final=False), first)
     while int(distiller.iteration.numpy()) < config.iterations:
       it = int(distiller.iteration.numpy())
       if it % config.log_images_every == 0:
-        pixels = distiller.preprocessor.invert(distiller.images)
-        tf.summary.image("synthetic", summaries.class_grid(pixels, config.ipc, config.max_image_classes),
-                         step=it)
+        _log_grid(distiller, it)
       metrics = distiller.iterate()
       _check_divergence(metrics, config)
       done = it + 1
@@ -355,11 +406,12 @@ def distill(config):
       if done % config.save_every == 0 or done == config.iterations:
         manager.save(checkpoint_number=done)
       if evaluate_fn and config.eval_every and done % config.eval_every == 0 and done < config.iterations:
-        summaries.scalars(evaluate_fn(distiller.distilled_set(), done), done)
+        summaries.scalars(evaluate_fn(distiller.distilled_set(), done, final=False), done)
+    _log_grid(distiller, config.iterations)  # the delivered set
     result = distiller.distilled_set()
     distilled.export(result, os.path.join(config.run_dir, "distilled"),
                      preprocessor=distiller.preprocessor)
     if evaluate_fn:
-      summaries.scalars(evaluate_fn(result, config.iterations), config.iterations)
+      summaries.scalars(evaluate_fn(result, config.iterations, final=True), config.iterations)
   writer.flush()
   return result

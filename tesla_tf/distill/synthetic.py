@@ -18,6 +18,8 @@ class DistilledSet:
     preprocessing: the preprocessor's `to_dict()` (how to map pixels to model space and back).
     model: {"name": ..., plus builder kwargs} of the distillation architecture.
     config: the effective settings of the run that made it (flags), for provenance.
+    holdout: the validation split held out of the train set ({"size", "seed"}, data/holdout.py), which
+      evaluation measures on and keeps out of the random-subset baseline; {} = none.
   """
   images: np.ndarray
   labels: np.ndarray
@@ -27,6 +29,7 @@ class DistilledSet:
   preprocessing: dict
   model: dict
   config: dict = dataclasses.field(default_factory=dict)
+  holdout: dict = dataclasses.field(default_factory=dict)
 
   @property
   def hard_labels(self):

@@ -1,0 +1,295 @@
+"""The quality benchmark: how well do the distilled sets train a network, beside the random subset?
+
+Real Fashion-MNIST, in stages that each leave their output in a work directory and are skipped when
+re-run, so the table can be built over several sittings:
+  1. experts        `num_experts` ConvNets into <workdir>/experts (the store's validation split is
+                    held out of their training; a half-trained expert is retrained, finished ones kept);
+  2. one distillation per (IPC, mode, label variant, seed) into <workdir>/runs/<name>, evaluated every
+                    `eval_every` iterations on the validation split and the test set, and at the end
+                    beside the random subset (the loop resumes from its last checkpoint and keeps every
+                    evaluation it made in eval_history.json);
+  3. the report     <docs_dir>/quality.json (one record per run), quality.md (the table, generated from
+                    the records) and quality_curve.png (validation accuracy against iteration).
+A stage is done when <workdir>/stages/<name>.json exists; it holds the stage's wall time.
+The headline is the final-iteration test accuracy; the iteration chosen on validation is shown beside it.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Mapping, Optional
+
+from absl import logging
+import numpy as np
+
+from tesla_tf import evaluate, experts
+from tesla_tf.distill import loop
+
+# name → DistillConfig label fields
+LABEL_VARIANTS = {
+    "hard": {"labels": "hard"},
+    "teacher": {"labels": "teacher"},
+    "teacher_mix0.5": {"labels": "teacher", "label_mix": 0.5},
+    "teacher_T0.5": {"labels": "teacher", "label_temperature": 0.5},
+}
+# Matching settings per IPC (REFERENCE §8's CIFAR-10 values, N 20 for this machine)
+IPC_SETTINGS = {
+    1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 8, "lr_img": 100.0, "lr_lr": 1e-5,
+        "lr_teacher": 0.01, "iterations": 1000},
+    10: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 8, "lr_img": 1000.0, "lr_lr": 1e-5,
+         "lr_teacher": 0.01, "iterations": 400},
+}
+# Published ConvNet results on Fashion-MNIST, IPC 1 / 10 (REFERENCE §9)
+PUBLISHED = (("random real subset (DC/DSA papers)", 51.4, 73.8), ("DC", 70.5, 82.3), ("DSA", 70.6, 84.6),
+             ("KIP trained into a ConvNet", 73.8, 86.8))
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityConfig:
+  """What the benchmark runs.
+
+  Attributes:
+    workdir: where every stage caches its output (outside the repository).
+    docs_dir: where quality.{json,md} and quality_curve.png are written.
+    data_dir: Fashion-MNIST IDX folder (None = the Debian package's).
+    width: ConvNet width of experts, students and evaluation.
+    num_experts / expert_epochs_trained: the expert budget.
+    max_train_examples: experts train on a seeded subset of the rest of the train set (None = all of it).
+    ipcs, modes, labels, seeds: the runs, every combination (labels: keys of LABEL_VARIANTS).
+    ipc_settings: {ipc: matching settings and iterations} (default IPC_SETTINGS).
+    eval_every, num_eval, eval_epochs: evaluation of every run (REFERENCE §7 recipe).
+    run_stages: False = only write the report from what the work directory holds.
+  """
+  workdir: str
+  docs_dir: str = "docs"
+  data_dir: Optional[str] = None
+  width: int = 32
+  num_experts: int = 6
+  expert_epochs_trained: int = 10
+  max_train_examples: Optional[int] = None
+  ipcs: tuple = (1, 10)
+  modes: tuple = ("tesla", "exact")
+  labels: tuple = ("hard",)
+  seeds: tuple = (0, 1)
+  ipc_settings: Mapping = dataclasses.field(default_factory=lambda: dict(IPC_SETTINGS))
+  eval_every: int = 200
+  num_eval: int = 3
+  eval_epochs: int = 1000
+  run_stages: bool = True
+
+  def __post_init__(self):
+    for name in self.labels:
+      if name not in LABEL_VARIANTS:
+        raise ValueError(f"Unknown label variant {name!r} (--labels); expected one of {list(LABEL_VARIANTS)}.")
+    for ipc in self.ipcs:
+      if ipc not in self.ipc_settings:
+        raise ValueError(f"--ipcs: no settings for IPC {ipc}; expected one of {sorted(self.ipc_settings)}.")
+
+
+def run_name(ipc, mode, labels, seed):
+  return f"ipc{ipc}_{mode}_{labels}_seed{seed}"
+
+
+def _stage(workdir, name, fn):
+  """Runs fn() unless stage `name` is done; returns its record {"stage", "seconds", "finished"}."""
+  marker = os.path.join(workdir, "stages", name + ".json")
+  if os.path.exists(marker):
+    logging.info("Stage %s: done earlier (%s), skipped.", name, marker)
+    with open(marker) as f:
+      return json.load(f)
+  logging.info("Stage %s: running.", name)
+  start = time.time()
+  fn()
+  record = {"stage": name, "seconds": round(time.time() - start, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+  evaluate.write_json(marker, record)
+  return record
+
+
+def expert_config(config):
+  return experts.ExpertConfig(
+      dataset="fashion_mnist", store_dir=os.path.join(config.workdir, "experts"), data_dir=config.data_dir,
+      model="convnet", model_kwargs={"width": config.width}, num_experts=config.num_experts,
+      epochs=config.expert_epochs_trained, max_train_examples=config.max_train_examples, verbose=2)
+
+
+def distill_config(config, ipc, mode, labels, seed):
+  settings = config.ipc_settings[ipc]
+  return loop.DistillConfig(
+      dataset="fashion_mnist", store_dir=os.path.join(config.workdir, "experts"),
+      run_dir=os.path.join(config.workdir, "runs", run_name(ipc, mode, labels, seed)),
+      data_dir=config.data_dir, ipc=ipc, mode=mode, seed=seed, eval_every=config.eval_every,
+      eval_models=("convnet",), num_eval=config.num_eval, eval_epochs=config.eval_epochs,
+      save_every=50, log_every=25, log_images_every=100, **settings, **LABEL_VARIANTS[labels])
+
+
+def runs(config):
+  """(ipc, mode, labels, seed) of every run, cheapest first."""
+  return [(ipc, mode, labels, seed) for ipc in sorted(config.ipcs) for labels in config.labels
+          for mode in config.modes for seed in config.seeds]
+
+
+def run(config):
+  """Runs the stages still to do, then writes the report; returns the report's records."""
+  stages = {}
+  if config.run_stages:
+    stages["experts"] = _stage(config.workdir, "experts",
+                               lambda: experts.train_experts(expert_config(config)))
+    for spec in runs(config):
+      name = run_name(*spec)
+      stages[name] = _stage(config.workdir, name, lambda spec=spec: loop.distill(distill_config(config,
+                                                                                              *spec)))
+  return write_report(config)
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+def _read_json(path):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_record(config, ipc, mode, labels, seed):
+  """The quality.json record of a finished run, or None when it has not finished."""
+  d = distill_config(config, ipc, mode, labels, seed)
+  stage = _read_json(os.path.join(config.workdir, "stages", run_name(ipc, mode, labels, seed) + ".json"))
+  history = _read_json(os.path.join(d.run_dir, "eval_history.json"))
+  final = _read_json(os.path.join(d.run_dir, "eval.json"))
+  if stage is None or history is None or final is None:
+    return None
+  distilled, random = final["distilled"]["convnet"], final["random_subset"]["convnet"]
+  selected = history["best_on_validation"]["convnet"]
+  expert = _read_json(os.path.join(config.workdir, "stages", "experts.json")) or {}
+  return {
+      "name": run_name(ipc, mode, labels, seed), "ipc": ipc, "mode": mode, "labels": labels,
+      "label_settings": LABEL_VARIANTS[labels], "seed": seed, "iterations": d.iterations,
+      "final_test_accuracy": distilled["mean"], "final_test_std": distilled["std"],
+      "final_test_accuracies": distilled["accuracies"],
+      "final_validation_accuracy": distilled.get("validation_mean"),
+      "val_selected_iteration": selected["iteration"] if selected else None,
+      "val_selected_validation_accuracy": selected["validation_mean"] if selected else None,
+      "val_selected_test_accuracy": selected["mean"] if selected else None,
+      "random_subset_test_accuracy": random["mean"], "random_subset_test_std": random["std"],
+      "learned_lr": final["settings"]["lr"],
+      "validation_curve": [[e["iteration"], e["distilled"]["convnet"].get("validation_mean")]
+                           for e in history["evaluations"]],
+      "budget": {"experts": config.num_experts, "expert_epochs": config.expert_epochs_trained,
+                 "width": config.width, "max_train_examples": config.max_train_examples,
+                 "syn_steps": d.syn_steps, "expert_epochs_matched": d.expert_epochs,
+                 "max_start_epoch": d.max_start_epoch, "lr_img": d.lr_img, "lr_lr": d.lr_lr,
+                 "lr_teacher": d.lr_teacher, "eval_every": d.eval_every, "num_eval": d.num_eval,
+                 "eval_epochs": d.eval_epochs},
+      "seconds": {"distill_and_evaluate": stage["seconds"], "experts": expert.get("seconds")},
+  }
+
+
+def _pct(values):
+  values = [v for v in values if v is not None]
+  if not values:
+    return "–"
+  if len(values) == 1:
+    return f"{100 * values[0]:.2f}"
+  return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
+
+
+def table(records):
+  """The markdown table of quality.md, one row per (IPC, mode, labels), from the records."""
+  lines = ["| IPC | mode | labels | seeds | iterations | **final test** (mean ± std over seeds) | per seed "
+           "(mean ± std over networks) | selected on validation: iteration → test | random subset | "
+           "distill + eval s/run |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  groups = {}
+  for r in records:
+    groups.setdefault((r["ipc"], r["mode"], r["labels"]), []).append(r)
+  for (ipc, mode, labels), rs in sorted(groups.items()):
+    per_seed = ", ".join(f"{100 * r['final_test_accuracy']:.2f} ± {100 * r['final_test_std']:.2f}" for r in rs)
+    selected = ", ".join(f"{r['val_selected_iteration']} → {100 * r['val_selected_test_accuracy']:.2f}"
+                         for r in rs if r["val_selected_iteration"] is not None)
+    seconds = ", ".join(f"{r['seconds']['distill_and_evaluate']:.0f}" for r in rs)
+    lines.append(f"| {ipc} | {mode} | {labels} | {len(rs)} | {rs[0]['iterations']} | "
+                 f"**{_pct([r['final_test_accuracy'] for r in rs])}** | {per_seed} | {selected} | "
+                 f"{_pct([r['random_subset_test_accuracy'] for r in rs])} | {seconds} |")
+  return "\n".join(lines)
+
+
+def _plot(records, path):
+  """Validation accuracy against distillation iteration, mean over seeds, one panel per IPC."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ipcs = sorted({r["ipc"] for r in records})
+  fig, axes = plt.subplots(1, len(ipcs), figsize=(5.5 * len(ipcs), 4), squeeze=False)
+  for ax, ipc in zip(axes[0], ipcs):
+    groups = {}
+    for r in records:
+      if r["ipc"] == ipc:
+        groups.setdefault(f"{r['mode']}, {r['labels']}", []).append(dict(r["validation_curve"]))
+    for label, curves in sorted(groups.items()):
+      its = sorted(set.intersection(*(set(c) for c in curves)))
+      ax.plot(its, [100 * np.mean([c[i] for c in curves]) for i in its], marker="o",
+              label=f"{label} ({len(curves)} seeds)")
+    ax.set(title=f"Fashion-MNIST IPC {ipc}", xlabel="distillation iteration", ylabel="validation accuracy %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(config):
+  """Writes quality.json / quality.md / quality_curve.png from the finished runs; returns the records."""
+  records = [r for r in (run_record(config, *spec) for spec in runs(config)) if r]
+  pending = [run_name(*spec) for spec in runs(config) if run_record(config, *spec) is None]
+  os.makedirs(config.docs_dir, exist_ok=True)
+  evaluate.write_json(os.path.join(config.docs_dir, "quality.json"), {"records": records, "pending": pending})
+  if records:
+    _plot(records, os.path.join(config.docs_dir, "quality_curve.png"))
+  expert = _read_json(os.path.join(config.workdir, "stages", "experts.json")) or {}
+  published = "\n".join(f"| {name} | {a} | {b} |" for name, a, b in PUBLISHED)
+  text = GENERATED.format(
+      table=table(records) if records else "(no finished run yet)",
+      pending=", ".join(pending) or "none", experts=config.num_experts, epochs=config.expert_epochs_trained,
+      width=config.width, expert_seconds=expert.get("seconds", "–"), published=published)
+  _replace_block(os.path.join(config.docs_dir, "quality.md"), text)
+  return records
+
+
+BEGIN, END = "<!-- generated table: begin -->", "<!-- generated table: end -->"
+
+
+def _replace_block(path, block):
+  """Writes `block` between the BEGIN/END markers of `path` (the rest of the page is hand-written)."""
+  page = f"# Quality benchmark\n\n{BEGIN}\n{END}\n"
+  if os.path.exists(path):
+    with open(path) as f:
+      page = f.read()
+  if BEGIN not in page or END not in page:
+    page += f"\n{BEGIN}\n{END}\n"
+  head, rest = page.split(BEGIN, 1)
+  tail = rest.split(END, 1)[1]
+  with open(path + ".tmp", "w") as f:
+    f.write(f"{head}{BEGIN}\n{block}{END}{tail}")
+  os.replace(path + ".tmp", path)
+
+
+GENERATED = """<!-- tools/benchmark_quality.py writes this block from quality.json; edit outside it. -->
+Final-iteration test accuracy (%) on the real Fashion-MNIST test set, ConvNet width {width} trained on the
+distilled set alone (REFERENCE §7: 1,000 epochs, lr = learned α, momentum 0.9, DSA), mean ± population
+std. The random subset is IPC real images per class from the train set minus the validation split,
+trained by the same recipe and seeds with the set's α. "Selected on validation" is the evaluated
+iteration with the highest accuracy on the 5,000 held-out train images, and that iteration's test accuracy.
+
+{table}
+
+Runs not finished yet: {pending}.
+Experts: {experts} × {epochs} epochs, width {width} ({expert_seconds} s of the sitting that finished them).
+
+Published ConvNet results on Fashion-MNIST (REFERENCE §9):
+
+| method | IPC 1 | IPC 10 |
+|---|---|---|
+{published}
+"""
