@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -107,3 +109,32 @@ def test_a_kill_between_checkpoint_and_evaluation_loses_no_evaluation(tmp_path, 
   loop.distill(distill_config)
   history = json.loads(open(os.path.join(distill_config.run_dir, "eval_history.json")).read())
   assert [e["iteration"] for e in history["evaluations"]] == [1, 2, 3]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tool(name, *args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], capture_output=True,
+                        text=True, timeout=300, check=False)
+
+
+def test_quality_tool_reports_and_refuses_bad_flags_in_one_line(tmp_path):
+  done = _tool("benchmark_quality.py", f"--workdir={tmp_path / 'w'}", f"--docs_dir={tmp_path / 'd'}",
+               "--report_only", "--ipcs=1", "--modes=exact", "--seeds=3")
+  assert done.returncode == 0, done.stderr
+  assert "0 finished runs" in done.stdout
+  assert "ipc1_exact_hard_seed3" in (tmp_path / "d" / "quality.md").read_text()
+  for flag, words in (("--labels=bogus", "Unknown label variant 'bogus'"), ("--iterations=1:x", "--iterations")):
+    bad = _tool("benchmark_quality.py", f"--workdir={tmp_path / 'w'}", "--report_only", flag)
+    assert bad.returncode != 0 and words in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_jit_benchmark_tool_runs(tmp_path):
+  out = tmp_path / "jit.json"
+  done = _tool("benchmark_jit.py", "--width=8", "--expert_epochs=0", "--eval_sizes=4", "--eval_epochs=1",
+               f"--out={out}")
+  assert done.returncode == 0, done.stderr
+  results = json.loads(out.read_text())
+  assert set(results["evaluation"]) == {"n=4 jit_compile=False", "n=4 jit_compile=True"}
+  assert all(s > 0 for s in results["evaluation"].values())

@@ -17,6 +17,7 @@ The headline is the final-iteration test accuracy; the iteration chosen on valid
 import dataclasses
 import json
 import os
+import re
 import time
 from typing import Mapping, Optional
 
@@ -24,6 +25,7 @@ from absl import logging
 import numpy as np
 
 from tesla_tf import evaluate, experts
+from tesla_tf.distill import history as history_lib
 from tesla_tf.distill import loop
 
 # name → DistillConfig label fields
@@ -152,20 +154,31 @@ def _read_json(path):
     return json.load(f)
 
 
-def run_record(config, ipc, mode, labels, seed):
-  """The quality.json record of a finished run, or None when it has not finished."""
-  d = distill_config(config, ipc, mode, labels, seed)
-  stage = _read_json(os.path.join(config.workdir, "stages", run_name(ipc, mode, labels, seed) + ".json"))
-  history = _read_json(os.path.join(d.run_dir, "eval_history.json"))
-  final = _read_json(os.path.join(d.run_dir, "eval.json"))
-  if stage is None or history is None or final is None:
+_RUN_NAME = re.compile(r"^ipc(\d+)_([a-z]+)_(.+)_seed(-?\d+)$")
+
+
+def run_record(workdir, name):
+  """The quality.json record of the finished run `name` of workdir, or None when it has not finished.
+
+  Everything comes from what the run and the experts wrote (the run's own settings from its export's
+  metadata), so records of earlier sittings with other settings stay right.
+  """
+  run_dir = os.path.join(workdir, "runs", name)
+  stage = _read_json(os.path.join(workdir, "stages", name + ".json"))
+  history = history_lib.read(run_dir)
+  final = _read_json(os.path.join(run_dir, "eval.json"))
+  metadata = _read_json(os.path.join(run_dir, "distilled", "metadata.json"))
+  if None in (stage, final, metadata) or not history["evaluations"]:
     return None
+  d = metadata["config"]
+  ipc, mode, labels, seed = _RUN_NAME.match(name).groups()
+  store = experts.TrajectoryStore(d["store_dir"])
   distilled, random = final["distilled"]["convnet"], final["random_subset"]["convnet"]
   selected = history["best_on_validation"]["convnet"]
-  expert = _read_json(os.path.join(config.workdir, "stages", "experts.json")) or {}
   return {
-      "name": run_name(ipc, mode, labels, seed), "ipc": ipc, "mode": mode, "labels": labels,
-      "label_settings": LABEL_VARIANTS[labels], "seed": seed, "iterations": d.iterations,
+      "name": name, "ipc": int(ipc), "mode": mode, "labels": labels, "seed": int(seed),
+      "label_settings": {k: d[k] for k in ("labels", "label_temperature", "label_mix")},
+      "iterations": d["iterations"],
       "final_test_accuracy": distilled["mean"], "final_test_std": distilled["std"],
       "final_test_accuracies": distilled["accuracies"],
       "final_validation_accuracy": distilled.get("validation_mean"),
@@ -176,14 +189,36 @@ def run_record(config, ipc, mode, labels, seed):
       "learned_lr": final["settings"]["lr"],
       "validation_curve": [[e["iteration"], e["distilled"]["convnet"].get("validation_mean")]
                            for e in history["evaluations"]],
-      "budget": {"experts": config.num_experts, "expert_epochs": config.expert_epochs_trained,
-                 "width": config.width, "max_train_examples": config.max_train_examples,
-                 "syn_steps": d.syn_steps, "expert_epochs_matched": d.expert_epochs,
-                 "max_start_epoch": d.max_start_epoch, "lr_img": d.lr_img, "lr_lr": d.lr_lr,
-                 "lr_teacher": d.lr_teacher, "eval_every": d.eval_every, "num_eval": d.num_eval,
-                 "eval_epochs": d.eval_epochs},
-      "seconds": {"distill_and_evaluate": stage["seconds"], "experts": expert.get("seconds")},
+      "label_statistics": {tag: scalar_series(os.path.join(run_dir, "tensorboard"), "labels/" + tag)[-1:]
+                           for tag in ("entropy", "argmax_is_class")} if d["labels"] != "hard" else None,
+      "budget": {"experts": len(store.finished()), "expert_epochs": store.manifest["epochs"],
+                 "width": store.manifest["model_kwargs"].get("width"),
+                 "max_train_examples": store.manifest["max_train_examples"],
+                 "holdout": store.manifest.get("holdout"),
+                 **{k: d[k] for k in ("syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr",
+                                      "lr_teacher", "batch_syn", "eval_every", "num_eval", "eval_epochs")}},
+      "seconds": {"distill_and_evaluate": stage["seconds"],
+                  "experts": round(sum(store.info(i)["wall_time_s"] for i in store.finished()), 1)},
   }
+
+
+def scalar_series(logdir, tag):
+  """[[step, value], ...] of one TensorBoard scalar of the event files in logdir, by step."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  series = {}
+  for path in sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          series[int(event.step)] = float(tf.make_ndarray(value.tensor))
+  return sorted([step, v] for step, v in series.items())
+
+
+def finished_runs(workdir):
+  """Names of the runs whose stage is done in workdir, sorted."""
+  directory = os.path.join(workdir, "stages")
+  names = [f[:-len(".json")] for f in os.listdir(directory)] if os.path.isdir(directory) else []
+  return sorted(n for n in names if _RUN_NAME.match(n))
 
 
 def _pct(values):
@@ -240,19 +275,23 @@ def _plot(records, path):
 
 
 def write_report(config):
-  """Writes quality.json / quality.md / quality_curve.png from the finished runs; returns the records."""
-  records = [r for r in (run_record(config, *spec) for spec in runs(config)) if r]
-  pending = [run_name(*spec) for spec in runs(config) if run_record(config, *spec) is None]
+  """Writes quality.json / quality.md / quality_curve.png from every finished run in the work directory
+  (also those of other invocations); returns the records."""
+  records = [r for r in (run_record(config.workdir, name) for name in finished_runs(config.workdir)) if r]
+  done = {r["name"] for r in records}
+  pending = [run_name(*spec) for spec in runs(config) if run_name(*spec) not in done]
   os.makedirs(config.docs_dir, exist_ok=True)
   evaluate.write_json(os.path.join(config.docs_dir, "quality.json"), {"records": records, "pending": pending})
   if records:
     _plot(records, os.path.join(config.docs_dir, "quality_curve.png"))
-  expert = _read_json(os.path.join(config.workdir, "stages", "experts.json")) or {}
   published = "\n".join(f"| {name} | {a} | {b} |" for name, a, b in PUBLISHED)
+  budget = records[0]["budget"] if records else {}
   text = GENERATED.format(
       table=table(records) if records else "(no finished run yet)",
-      pending=", ".join(pending) or "none", experts=config.num_experts, epochs=config.expert_epochs_trained,
-      width=config.width, expert_seconds=expert.get("seconds", "–"), published=published)
+      pending=", ".join(pending) or "none", experts=budget.get("experts", config.num_experts),
+      epochs=budget.get("expert_epochs", config.expert_epochs_trained),
+      width=budget.get("width", config.width),
+      expert_seconds=records[0]["seconds"]["experts"] if records else "–", published=published)
   _replace_block(os.path.join(config.docs_dir, "quality.md"), text)
   return records
 
@@ -285,7 +324,7 @@ iteration with the highest accuracy on the 5,000 held-out train images, and that
 {table}
 
 Runs not finished yet: {pending}.
-Experts: {experts} × {epochs} epochs, width {width} ({expert_seconds} s of the sitting that finished them).
+Experts: {experts} × {epochs} epochs, width {width}; {expert_seconds} s of Keras fit in all.
 
 Published ConvNet results on Fashion-MNIST (REFERENCE §9):
 

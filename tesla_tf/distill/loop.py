@@ -18,6 +18,7 @@ from absl import logging
 
 from tesla_tf import evaluate, experts, models, summaries
 from tesla_tf.data import class_index, distilled, holdout, preprocess, sources
+from tesla_tf.distill import history
 from tesla_tf.distill import labels as labels_lib
 from tesla_tf.distill import matching
 from tesla_tf.distill import replicas as replicas_lib
@@ -259,11 +260,6 @@ def _check_divergence(metrics, config):
                           f"{config.run_dir}/checkpoints is kept.")
 
 
-# evaluate.py's summary keys → TensorBoard names ("final" = this evaluation's final-epoch test accuracy)
-_EVAL_SCALARS = {"mean": "final_accuracy_mean", "std": "final_accuracy_std",
-                 "validation_mean": "validation_accuracy_mean", "validation_std": "validation_accuracy_std"}
-
-
 def _evaluator(config, distiller):
   """A function (distilled_set, step, final) -> scalars evaluating the set (and, when final, the
   random-subset baseline, REFERENCE §7) on config.eval_models, recording it in eval_history.json and
@@ -288,10 +284,10 @@ def _evaluator(config, distiller):
     scalars = {}
     for kind in ("distilled", "random_subset"):
       for arch, summary in (results.get(kind) or {}).items():
-        for key, name in _EVAL_SCALARS.items():
+        for key, name in history.SCALARS.items():
           if key in summary:
             scalars[f"eval/{kind}/{arch}/{name}"] = summary[key]
-    for arch, best in record_evaluation(config.run_dir, step, results).items():
+    for arch, best in history.record(config.run_dir, step, results).items():
       if best is None:
         continue
       scalars[f"eval/distilled/{arch}/val_selected_test_accuracy_mean"] = best["mean"]
@@ -302,59 +298,6 @@ def _evaluator(config, distiller):
     return scalars
 
   return run
-
-
-def select_on_validation(evaluations, arch):
-  """The evaluation of `arch` with the highest validation accuracy of the distilled set (the earliest
-  on ties), or None when no evaluation measured validation.
-
-  Args:
-    evaluations: eval_history.json's "evaluations" list.
-    arch: an architecture evaluated in them.
-
-  Returns:
-    {"iteration", "validation_mean", "mean" and "std" (its TEST accuracy)} or None.
-  """
-  measured = [e for e in evaluations if "validation_mean" in e["distilled"].get(arch, {})]
-  if not measured:
-    return None
-  top = max(measured, key=lambda e: (e["distilled"][arch]["validation_mean"], -e["iteration"]))
-  summary = top["distilled"][arch]
-  return {"iteration": top["iteration"], "validation_mean": summary["validation_mean"],
-          "mean": summary["mean"], "std": summary["std"]}
-
-
-def _evaluated_iterations(run_dir):
-  path = os.path.join(run_dir, "eval_history.json")
-  if not os.path.exists(path):
-    return set()
-  with open(path) as f:
-    return {e["iteration"] for e in json.load(f)["evaluations"]}
-
-
-def record_evaluation(run_dir, step, results):
-  """Adds one evaluation to <run_dir>/eval_history.json; returns {arch: select_on_validation(...)}.
-
-  The history keeps test (and validation) mean ± std of every evaluation by iteration; "final" is the
-  last one (the headline), "best_on_validation" the one selected on the validation split, with its
-  test accuracy. Nothing is ever selected on the test set. A re-run of an iteration (after a resume)
-  replaces its entry.
-  """
-  path = os.path.join(run_dir, "eval_history.json")
-  history = {"evaluations": []}
-  if os.path.exists(path):
-    with open(path) as f:
-      history = json.load(f)
-  entry = {"iteration": step}
-  for kind in ("distilled", "random_subset"):
-    entry[kind] = {arch: {k: r[k] for k in _EVAL_SCALARS if k in r}
-                   for arch, r in (results.get(kind) or {}).items()}
-  evaluations = [e for e in history["evaluations"] if e["iteration"] != step] + [entry]
-  evaluations.sort(key=lambda e: e["iteration"])
-  best = {arch: select_on_validation(evaluations, arch) for arch in entry["distilled"]}
-  evaluate.write_json(path, {"evaluations": evaluations, "final": evaluations[-1],
-                             "best_on_validation": best})
-  return best
 
 
 def _log_grid(distiller, step):
@@ -386,7 +329,7 @@ def distill(config):
       summaries.flags_text(config.flags_text or json.dumps(dataclasses.asdict(config), indent=1))
     first, tick = int(distiller.iteration.numpy()), time.time()
     if (evaluate_fn and config.eval_every and 0 < first < config.iterations and first % config.eval_every == 0
-        and first not in _evaluated_iterations(config.run_dir)):  # killed between checkpoint and evaluation
+        and first not in history.iterations(config.run_dir)):  # killed between checkpoint and evaluation
       summaries.scalars(evaluate_fn(distiller.distilled_set(), first, final=False), first)
     while int(distiller.iteration.numpy()) < config.iterations:
       it = int(distiller.iteration.numpy())

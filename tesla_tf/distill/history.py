@@ -1,0 +1,70 @@
+"""The evaluation history of a distillation run (<run_dir>/eval_history.json).
+
+Every evaluation by iteration — test and validation accuracy, mean ± std over the evaluation networks —
+the final one (the headline) and the one selected on the validation split, reported with its test
+accuracy. Nothing is ever selected on the test set (STYLE §11).
+"""
+
+import json
+import os
+
+from tesla_tf import evaluate
+
+FILE = "eval_history.json"
+# evaluate.py's summary keys → TensorBoard names ("final" = that evaluation's final-epoch test accuracy)
+SCALARS = {"mean": "final_accuracy_mean", "std": "final_accuracy_std",
+           "validation_mean": "validation_accuracy_mean", "validation_std": "validation_accuracy_std"}
+
+
+def select_on_validation(evaluations, arch):
+  """The evaluation of `arch` with the highest validation accuracy of the distilled set (the earliest
+  on ties), or None when no evaluation measured validation.
+
+  Args:
+    evaluations: eval_history.json's "evaluations" list.
+    arch: an architecture evaluated in them.
+
+  Returns:
+    {"iteration", "validation_mean", "mean" and "std" (its TEST accuracy)} or None.
+  """
+  measured = [e for e in evaluations if "validation_mean" in e["distilled"].get(arch, {})]
+  if not measured:
+    return None
+  top = max(measured, key=lambda e: (e["distilled"][arch]["validation_mean"], -e["iteration"]))
+  summary = top["distilled"][arch]
+  return {"iteration": top["iteration"], "validation_mean": summary["validation_mean"],
+          "mean": summary["mean"], "std": summary["std"]}
+
+
+def read(run_dir):
+  """<run_dir>/eval_history.json as a dict ({"evaluations": []} before the first evaluation)."""
+  path = os.path.join(run_dir, FILE)
+  if not os.path.exists(path):
+    return {"evaluations": []}
+  with open(path) as f:
+    return json.load(f)
+
+
+def iterations(run_dir):
+  """The iterations evaluated so far."""
+  return {e["iteration"] for e in read(run_dir)["evaluations"]}
+
+
+def record(run_dir, step, results):
+  """Adds one evaluation to <run_dir>/eval_history.json; returns {arch: select_on_validation(...)}.
+
+  The history keeps test (and validation) mean ± std of every evaluation by iteration; "final" is the
+  last one (the headline), "best_on_validation" the one selected on the validation split, with its
+  test accuracy. Nothing is ever selected on the test set. A re-run of an iteration (after a resume)
+  replaces its entry.
+  """
+  entry = {"iteration": step}
+  for kind in ("distilled", "random_subset"):
+    entry[kind] = {arch: {k: r[k] for k in SCALARS if k in r}
+                   for arch, r in (results.get(kind) or {}).items()}
+  evaluations = [e for e in read(run_dir)["evaluations"] if e["iteration"] != step] + [entry]
+  evaluations.sort(key=lambda e: e["iteration"])
+  best = {arch: select_on_validation(evaluations, arch) for arch in entry["distilled"]}
+  evaluate.write_json(os.path.join(run_dir, FILE), {"evaluations": evaluations, "final": evaluations[-1],
+                             "best_on_validation": best})
+  return best
