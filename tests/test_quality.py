@@ -17,10 +17,11 @@ TINY_SETTINGS = {1: {"syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1, "
 
 
 def _tiny(tmp_path, **kw):
-  return quality.QualityConfig(
-      workdir=str(tmp_path / "work"), docs_dir=str(tmp_path / "docs"), width=8, num_experts=1,
-      expert_epochs_trained=2, max_train_examples=512, ipcs=(1,), modes=("tesla",), labels=("hard",),
-      seeds=(0,), ipc_settings=TINY_SETTINGS, eval_every=1, num_eval=1, eval_epochs=2, **kw)
+  settings = dict(workdir=str(tmp_path / "work"), docs_dir=str(tmp_path / "docs"), width=8, num_experts=1,
+                  expert_epochs_trained=2, max_train_examples=512, ipcs=(1,), modes=("tesla",),
+                  labels=("hard",), seeds=(0,), ipc_settings=TINY_SETTINGS, eval_every=1, num_eval=1,
+                  eval_epochs=2)
+  return quality.QualityConfig(**{**settings, **kw})
 
 
 class Interrupted(Exception):
@@ -47,9 +48,10 @@ def test_interrupted_benchmark_resumes_without_redoing_its_first_stage(tmp_path,
   monkeypatch.setattr(experts, "train_experts", must_not_run)
   monkeypatch.setattr(loop, "distill", real_distill)
   records = quality.run(config)
-  assert sorted(os.listdir(stages)) == ["experts.json", "ipc1_tesla_hard_seed0.json"]
+  name = quality.run_name(config, 1, "tesla", "hard", 0)
+  assert sorted(os.listdir(stages)) == ["experts.json", name + ".json"]
   [record] = records
-  run_dir = tmp_path / "work" / "runs" / "ipc1_tesla_hard_seed0"
+  run_dir = tmp_path / "work" / "runs" / name
   final = json.loads((run_dir / "eval.json").read_text())
   history = json.loads((run_dir / "eval_history.json").read_text())
   assert record["final_test_accuracy"] == final["distilled"]["convnet"]["mean"]
@@ -73,17 +75,27 @@ def test_report_keeps_the_hand_written_part_of_the_page(tmp_path):
   assert quality.run(config) == []
   text = open(page).read()
   assert text.startswith("# Title\n\nhand-written") and text.endswith("## After\nmore\n")
-  assert "old" not in text and "Runs not finished yet: ipc1_tesla_hard_seed0." in text
+  assert "old" not in text and f"Runs not finished yet: {quality.run_name(config, 1, 'tesla', 'hard', 0)}." in text
+
+
+def test_runs_of_other_settings_get_other_names(tmp_path):
+  config = _tiny(tmp_path)
+  other = _tiny(tmp_path, eval_every=2)
+  longer = _tiny(tmp_path, ipc_settings={1: {**TINY_SETTINGS[1], "iterations": 3}})
+  names = {quality.run_name(c, 1, "tesla", "hard", 0) for c in (config, other, longer)}
+  assert len(names) == 3 and all(n.startswith("ipc1_tesla_hard_seed0_") for n in names)
 
 
 def test_table_is_mean_and_std_over_seeds():
+  budget = {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 2, "lr_img": 100.0}
   records = [{"ipc": 1, "mode": "exact", "labels": "hard", "iterations": 10, "final_test_accuracy": a,
+              "settings_tag": "abcdef", "budget": budget,
               "final_test_std": 0.01, "val_selected_iteration": 5, "val_selected_test_accuracy": 0.5,
               "random_subset_test_accuracy": 0.4, "seconds": {"distill_and_evaluate": 3.0}}
              for a in (0.70, 0.74)]
   row = quality.table(records).splitlines()[-1]
   assert f"**{100 * np.mean([0.70, 0.74]):.2f} ± {100 * np.std([0.70, 0.74]):.2f}**" in row
-  assert "| 1 | exact | hard | 2 | 10 |" in row
+  assert "| 1 | exact | hard | 20 | 2 | 2 | 100 | 10 | 2 |" in row
 
 
 def test_a_kill_between_checkpoint_and_evaluation_loses_no_evaluation(tmp_path, monkeypatch):
@@ -124,7 +136,7 @@ def test_quality_tool_reports_and_refuses_bad_flags_in_one_line(tmp_path):
                "--report_only", "--ipcs=1", "--modes=exact", "--seeds=3")
   assert done.returncode == 0, done.stderr
   assert "0 finished runs" in done.stdout
-  assert "ipc1_exact_hard_seed3" in (tmp_path / "d" / "quality.md").read_text()
+  assert "ipc1_exact_hard_seed3_" in (tmp_path / "d" / "quality.md").read_text()
   for flag, words in (("--labels=bogus", "Unknown label variant 'bogus'"), ("--iterations=1:x", "--iterations")):
     bad = _tool("benchmark_quality.py", f"--workdir={tmp_path / 'w'}", "--report_only", flag)
     assert bad.returncode != 0 and words in bad.stderr and "Traceback" not in bad.stderr

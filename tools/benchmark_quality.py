@@ -32,8 +32,10 @@ flags.DEFINE_list("ipcs", [str(i) for i in _D.ipcs], f"IPCs, from {sorted(qualit
 flags.DEFINE_multi_enum("modes", list(_D.modes), list(matching.MODES), "Gradient modes.")
 flags.DEFINE_list("labels", list(_D.labels), f"Label variants, from {list(quality.LABEL_VARIANTS)}.")
 flags.DEFINE_list("seeds", [str(s) for s in _D.seeds], "Distillation seeds.")
-flags.DEFINE_list("iterations", [], "Per-IPC iterations as ipc:iterations (default: "
-                  + ", ".join(f"{k}:{v['iterations']}" for k, v in quality.IPC_SETTINGS.items()) + ").")
+_OVERRIDES = ("iterations", "max_start_epoch", "syn_steps", "lr_img")
+for _name in _OVERRIDES:
+  flags.DEFINE_list(_name, [], f"Per-IPC {_name} as ipc:value pairs (default: "
+                    + ", ".join(f"{k}:{v[_name]}" for k, v in quality.IPC_SETTINGS.items()) + ").")
 flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate every this many iterations.", lower_bound=1)
 flags.DEFINE_integer("num_eval", _D.num_eval, "Networks per evaluation.", lower_bound=1)
 flags.DEFINE_integer("eval_epochs", _D.eval_epochs, "Epochs of each evaluation.", lower_bound=1)
@@ -52,12 +54,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   settings = {ipc: dict(s) for ipc, s in quality.IPC_SETTINGS.items()}
-  try:
-    for ipc, iterations in (item.split(":") for item in FLAGS.iterations):
-      settings[int(ipc)]["iterations"] = int(iterations)
-  except (ValueError, KeyError):
-    raise app.UsageError(f"--iterations: expected ipc:iterations pairs with ipc in {sorted(settings)}, got "
-                         f"{','.join(FLAGS.iterations)}.") from None
+  for name in _OVERRIDES:
+    try:
+      for ipc, value in (item.split(":") for item in FLAGS[name].value):
+        settings[int(ipc)][name] = type(settings[int(ipc)][name])(value)
+    except (ValueError, KeyError):
+      raise app.UsageError(f"--{name}: expected ipc:value pairs with ipc in {sorted(settings)}, got "
+                           f"{','.join(FLAGS[name].value)}.") from None
   try:
     config = quality.QualityConfig(
         workdir=FLAGS.workdir, docs_dir=FLAGS.docs_dir, data_dir=FLAGS.data_dir, width=FLAGS.width,

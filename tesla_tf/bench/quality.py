@@ -15,6 +15,7 @@ The headline is the final-iteration test accuracy; the iteration chosen on valid
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -35,10 +36,12 @@ LABEL_VARIANTS = {
     "teacher_mix0.5": {"labels": "teacher", "label_mix": 0.5},
     "teacher_T0.5": {"labels": "teacher", "label_temperature": 0.5},
 }
-# Matching settings per IPC (REFERENCE §8's CIFAR-10 values, N 20 for this machine)
+# Matching settings per IPC: REFERENCE §8's CIFAR-10 values with N 20 for this machine. IPC 1 starts in
+# the experts' first epochs (T⁺ 2, as MTT): with T⁺ 8 the sets peaked near 400 iterations and fell after
+# (docs/quality.md).
 IPC_SETTINGS = {
-    1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 8, "lr_img": 100.0, "lr_lr": 1e-5,
-        "lr_teacher": 0.01, "iterations": 1000},
+    1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 2, "lr_img": 100.0, "lr_lr": 1e-5,
+        "lr_teacher": 0.01, "iterations": 600},
     10: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 8, "lr_img": 1000.0, "lr_lr": 1e-5,
          "lr_teacher": 0.01, "iterations": 400},
 }
@@ -89,8 +92,13 @@ class QualityConfig:
         raise ValueError(f"--ipcs: no settings for IPC {ipc}; expected one of {sorted(self.ipc_settings)}.")
 
 
-def run_name(ipc, mode, labels, seed):
-  return f"ipc{ipc}_{mode}_{labels}_seed{seed}"
+def run_name(config, ipc, mode, labels, seed):
+  """The run's directory and stage name: its coordinates and a tag of every other setting, so a run of
+  other settings (another sitting's IPC_SETTINGS, iterations or evaluation) is never taken for it."""
+  settings = {**config.ipc_settings[ipc], "eval_every": config.eval_every, "num_eval": config.num_eval,
+              "eval_epochs": config.eval_epochs}
+  tag = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
+  return f"ipc{ipc}_{mode}_{labels}_seed{seed}_{tag}"
 
 
 def _stage(workdir, name, fn):
@@ -120,7 +128,7 @@ def distill_config(config, ipc, mode, labels, seed):
   settings = config.ipc_settings[ipc]
   return loop.DistillConfig(
       dataset="fashion_mnist", store_dir=os.path.join(config.workdir, "experts"),
-      run_dir=os.path.join(config.workdir, "runs", run_name(ipc, mode, labels, seed)),
+      run_dir=os.path.join(config.workdir, "runs", run_name(config, ipc, mode, labels, seed)),
       data_dir=config.data_dir, ipc=ipc, mode=mode, seed=seed, eval_every=config.eval_every,
       eval_models=("convnet",), num_eval=config.num_eval, eval_epochs=config.eval_epochs,
       save_every=50, log_every=25, log_images_every=100, **settings, **LABEL_VARIANTS[labels])
@@ -139,7 +147,7 @@ def run(config):
     stages["experts"] = _stage(config.workdir, "experts",
                                lambda: experts.train_experts(expert_config(config)))
     for spec in runs(config):
-      name = run_name(*spec)
+      name = run_name(config, *spec)
       stages[name] = _stage(config.workdir, name, lambda spec=spec: loop.distill(distill_config(config,
                                                                                               *spec)))
   return write_report(config)
@@ -154,7 +162,7 @@ def _read_json(path):
     return json.load(f)
 
 
-_RUN_NAME = re.compile(r"^ipc(\d+)_([a-z]+)_(.+)_seed(-?\d+)$")
+_RUN_NAME = re.compile(r"^ipc(\d+)_([a-z]+)_(.+)_seed(-?\d+)_([0-9a-f]{6})$")
 
 
 def run_record(workdir, name):
@@ -171,12 +179,12 @@ def run_record(workdir, name):
   if None in (stage, final, metadata) or not history["evaluations"]:
     return None
   d = metadata["config"]
-  ipc, mode, labels, seed = _RUN_NAME.match(name).groups()
+  ipc, mode, labels, seed, tag = _RUN_NAME.match(name).groups()
   store = experts.TrajectoryStore(d["store_dir"])
   distilled, random = final["distilled"]["convnet"], final["random_subset"]["convnet"]
   selected = history["best_on_validation"]["convnet"]
   return {
-      "name": name, "ipc": int(ipc), "mode": mode, "labels": labels, "seed": int(seed),
+      "name": name, "ipc": int(ipc), "mode": mode, "labels": labels, "seed": int(seed), "settings_tag": tag,
       "label_settings": {k: d[k] for k in ("labels", "label_temperature", "label_mix")},
       "iterations": d["iterations"],
       "final_test_accuracy": distilled["mean"], "final_test_std": distilled["std"],
@@ -231,20 +239,23 @@ def _pct(values):
 
 
 def table(records):
-  """The markdown table of quality.md, one row per (IPC, mode, labels), from the records."""
-  lines = ["| IPC | mode | labels | seeds | iterations | **final test** (mean ± std over seeds) | per seed "
-           "(mean ± std over networks) | selected on validation: iteration → test | random subset | "
-           "distill + eval s/run |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  """The markdown table of quality.md, one row per (IPC, mode, labels, settings), from the records."""
+  lines = ["| IPC | mode | labels | N | M | T⁺ | lr_img | iterations | seeds | **final test** (mean ± std over "
+           "seeds) | per seed (mean ± std over networks) | selected on validation: iteration → test | "
+           "random subset | distill + eval s/run |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   groups = {}
   for r in records:
-    groups.setdefault((r["ipc"], r["mode"], r["labels"]), []).append(r)
-  for (ipc, mode, labels), rs in sorted(groups.items()):
+    groups.setdefault((r["ipc"], r["mode"], r["labels"], r["settings_tag"]), []).append(r)
+  for (ipc, mode, labels, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1],
+                                                                          kv[1][0]["budget"]["max_start_epoch"])):
+    b = rs[0]["budget"]
     per_seed = ", ".join(f"{100 * r['final_test_accuracy']:.2f} ± {100 * r['final_test_std']:.2f}" for r in rs)
     selected = ", ".join(f"{r['val_selected_iteration']} → {100 * r['val_selected_test_accuracy']:.2f}"
                          for r in rs if r["val_selected_iteration"] is not None)
     seconds = ", ".join(f"{r['seconds']['distill_and_evaluate']:.0f}" for r in rs)
-    lines.append(f"| {ipc} | {mode} | {labels} | {len(rs)} | {rs[0]['iterations']} | "
+    lines.append(f"| {ipc} | {mode} | {labels} | {b['syn_steps']} | {b['expert_epochs']} | "
+                 f"{b['max_start_epoch']} | {b['lr_img']:g} | {rs[0]['iterations']} | {len(rs)} | "
                  f"**{_pct([r['final_test_accuracy'] for r in rs])}** | {per_seed} | {selected} | "
                  f"{_pct([r['random_subset_test_accuracy'] for r in rs])} | {seconds} |")
   return "\n".join(lines)
@@ -261,7 +272,8 @@ def _plot(records, path):
     groups = {}
     for r in records:
       if r["ipc"] == ipc:
-        groups.setdefault(f"{r['mode']}, {r['labels']}", []).append(dict(r["validation_curve"]))
+        key = f"{r['mode']}, {r['labels']}, T⁺ {r['budget']['max_start_epoch']}"
+        groups.setdefault(key, []).append(dict(r["validation_curve"]))
     for label, curves in sorted(groups.items()):
       its = sorted(set.intersection(*(set(c) for c in curves)))
       ax.plot(its, [100 * np.mean([c[i] for c in curves]) for i in its], marker="o",
@@ -279,7 +291,7 @@ def write_report(config):
   (also those of other invocations); returns the records."""
   records = [r for r in (run_record(config.workdir, name) for name in finished_runs(config.workdir)) if r]
   done = {r["name"] for r in records}
-  pending = [run_name(*spec) for spec in runs(config) if run_name(*spec) not in done]
+  pending = [run_name(config, *spec) for spec in runs(config) if run_name(config, *spec) not in done]
   os.makedirs(config.docs_dir, exist_ok=True)
   evaluate.write_json(os.path.join(config.docs_dir, "quality.json"), {"records": records, "pending": pending})
   if records:
