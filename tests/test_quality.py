@@ -133,11 +133,12 @@ def _tool(name, *args):
 
 def test_quality_tool_reports_and_refuses_bad_flags_in_one_line(tmp_path):
   done = _tool("benchmark_quality.py", f"--workdir={tmp_path / 'w'}", f"--docs_dir={tmp_path / 'd'}",
-               "--report_only", "--ipcs=1", "--modes=exact", "--seeds=3")
+               "--report_only", "--ipcs=1", "--modes=exact,tesla", "--seeds=3")
   assert done.returncode == 0, done.stderr
   assert "0 finished runs" in done.stdout
   assert "ipc1_exact_hard_seed3_" in (tmp_path / "d" / "quality.md").read_text()
-  for flag, words in (("--labels=bogus", "Unknown label variant 'bogus'"), ("--iterations=1:x", "--iterations")):
+  for flag, words in (("--labels=bogus", "Unknown label variant 'bogus'"), ("--iterations=1:x", "--iterations"),
+                      ("--modes=fast", "Unknown mode 'fast'")):
     bad = _tool("benchmark_quality.py", f"--workdir={tmp_path / 'w'}", "--report_only", flag)
     assert bad.returncode != 0 and words in bad.stderr and "Traceback" not in bad.stderr
 

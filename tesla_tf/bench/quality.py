@@ -28,6 +28,7 @@ import numpy as np
 from tesla_tf import evaluate, experts
 from tesla_tf.distill import history as history_lib
 from tesla_tf.distill import loop
+from tesla_tf.distill import matching
 
 # name → DistillConfig label fields
 LABEL_VARIANTS = {
@@ -87,6 +88,9 @@ class QualityConfig:
     for name in self.labels:
       if name not in LABEL_VARIANTS:
         raise ValueError(f"Unknown label variant {name!r} (--labels); expected one of {list(LABEL_VARIANTS)}.")
+    for mode in self.modes:
+      if mode not in matching.MODES:
+        raise ValueError(f"Unknown mode {mode!r} (--modes); expected one of {list(matching.MODES)}.")
     for ipc in self.ipcs:
       if ipc not in self.ipc_settings:
         raise ValueError(f"--ipcs: no settings for IPC {ipc}; expected one of {sorted(self.ipc_settings)}.")
