@@ -117,3 +117,14 @@ def test_experts_initialisation_and_baseline_draw_only_from_the_rest(position_da
     assert len(drawn) == 2000 and np.intersect1d(drawn, validation).size == 0
   assert results["distilled"]["convnet"]["validation_mean"] == 0.4
   assert results["settings"]["holdout"] == {"size": 500, "seed": 1}
+
+
+def test_streamed_sources_keep_exactly_the_rest_in_order():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(50) * 10, np.arange(50) % 5))
+  index = class_index.build_class_index(np.arange(50) % 5, 5)
+  rest, validation = holdout.Holdout(10, seed=2).split(index)
+  kept = holdout.keep_positions(ds, holdout.positions_of(rest), 50)
+  values = [int(x) for x, _ in kept.as_numpy_iterator()]
+  assert values == [10 * p for p in holdout.positions_of(rest)]
+  assert not set(values) & {10 * p for p in validation}
