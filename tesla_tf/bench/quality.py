@@ -3,14 +3,15 @@
 Real Fashion-MNIST, in stages that each leave their output in a work directory and are skipped when
 re-run, so the table can be built over several sittings:
   1. experts        `num_experts` ConvNets into <workdir>/experts (the store's validation split is
-                    held out of their training; a half-trained expert is retrained, finished ones kept);
+                    held out of their training; finished experts are kept, a half-trained one is
+                    trained again);
   2. one distillation per (IPC, mode, label variant, seed) into <workdir>/runs/<name>, evaluated every
                     `eval_every` iterations on the validation split and the test set, and at the end
                     beside the random subset (the loop resumes from its last checkpoint and keeps every
                     evaluation it made in eval_history.json);
   3. the report     <docs_dir>/quality.json (one record per run), quality.md (the table, generated from
                     the records) and quality_curve.png (validation accuracy against iteration).
-A stage is done when <workdir>/stages/<name>.json exists; it holds the stage's wall time.
+A run is done when <workdir>/stages/<name>.json exists; it holds the run's wall time.
 The headline is the final-iteration test accuracy; the iteration chosen on validation is shown beside it.
 """
 
@@ -106,19 +107,16 @@ def run_name(config, ipc, mode, labels, seed):
 
 
 def _stage(workdir, name, fn):
-  """Runs fn() unless stage `name` is done; returns its record {"stage", "seconds", "finished"}."""
+  """Runs fn() unless stage `name` is done; a done stage has <workdir>/stages/<name>.json (wall time)."""
   marker = os.path.join(workdir, "stages", name + ".json")
   if os.path.exists(marker):
     logging.info("Stage %s: done earlier (%s), skipped.", name, marker)
-    with open(marker) as f:
-      return json.load(f)
+    return
   logging.info("Stage %s: running.", name)
   start = time.time()
   fn()
-  record = {"stage": name, "seconds": round(time.time() - start, 1),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-  evaluate.write_json(marker, record)
-  return record
+  evaluate.write_json(marker, {"stage": name, "seconds": round(time.time() - start, 1),
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def expert_config(config):
@@ -146,14 +144,11 @@ def runs(config):
 
 def run(config):
   """Runs the stages still to do, then writes the report; returns the report's records."""
-  stages = {}
   if config.run_stages:
-    stages["experts"] = _stage(config.workdir, "experts",
-                               lambda: experts.train_experts(expert_config(config)))
+    experts.train_experts(expert_config(config))  # trains only the experts the store lacks
     for spec in runs(config):
-      name = run_name(config, *spec)
-      stages[name] = _stage(config.workdir, name, lambda spec=spec: loop.distill(distill_config(config,
-                                                                                              *spec)))
+      _stage(config.workdir, run_name(config, *spec), lambda spec=spec: loop.distill(distill_config(config,
+                                                                                                  *spec)))
   return write_report(config)
 
 
