@@ -59,6 +59,7 @@ def test_interrupted_benchmark_resumes_without_redoing_its_first_stage(tmp_path,
   assert [i for i, _ in record["validation_curve"]] == [1, 2]
   assert record["val_selected_iteration"] == history["best_on_validation"]["convnet"]["iteration"]
   assert record["budget"]["experts"] == 1 and record["budget"]["width"] == 8
+  assert record["budget"]["expert_train_epochs"] == 2 and record["budget"]["expert_epochs"] == 1
   saved = json.loads((tmp_path / "docs" / "quality.json").read_text())
   assert saved["records"] == json.loads(json.dumps(records)) and saved["pending"] == []
   page = (tmp_path / "docs" / "quality.md").read_text()

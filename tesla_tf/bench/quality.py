@@ -198,7 +198,7 @@ def run_record(workdir, name):
                            for e in history["evaluations"]],
       "label_statistics": {tag: scalar_series(os.path.join(run_dir, "tensorboard"), "labels/" + tag)[-1:]
                            for tag in ("entropy", "argmax_is_class")} if d["labels"] != "hard" else None,
-      "budget": {"experts": len(store.finished()), "expert_epochs": store.manifest["epochs"],
+      "budget": {"experts": len(store.finished()), "expert_train_epochs": store.manifest["epochs"],
                  "width": store.manifest["model_kwargs"].get("width"),
                  "max_train_examples": store.manifest["max_train_examples"],
                  "holdout": store.manifest.get("holdout"),
@@ -300,7 +300,7 @@ def write_report(config):
   text = GENERATED.format(
       table=table(records) if records else "(no finished run yet)",
       pending=", ".join(pending) or "none", experts=budget.get("experts", config.num_experts),
-      epochs=budget.get("expert_epochs", config.expert_epochs_trained),
+      epochs=budget.get("expert_train_epochs", config.expert_epochs_trained),
       width=budget.get("width", config.width),
       expert_seconds=records[0]["seconds"]["experts"] if records else "–", published=published)
   _replace_block(os.path.join(config.docs_dir, "quality.md"), text)
@@ -331,6 +331,7 @@ distilled set alone (REFERENCE §7: 1,000 epochs, lr = learned α, momentum 0.9,
 std. The random subset is IPC real images per class from the train set minus the validation split,
 trained by the same recipe and seeds with the set's α. "Selected on validation" is the evaluated
 iteration with the highest accuracy on the 5,000 held-out train images, and that iteration's test accuracy.
+s/run is the wall time of the sitting that finished the run (a run resumed after a kill shows less).
 
 {table}
 
