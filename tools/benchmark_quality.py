@@ -16,7 +16,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 from tesla_tf.bench import quality
-from tesla_tf.distill import matching
+from tesla_tf.distill import labels, matching
 # pylint: enable=wrong-import-position
 
 _D = quality.QualityConfig(workdir="")
@@ -30,7 +30,7 @@ flags.DEFINE_integer("num_experts", _D.num_experts, "Experts.", lower_bound=1)
 flags.DEFINE_integer("train_epochs", _D.expert_epochs_trained, "Epochs per expert.", lower_bound=1)
 flags.DEFINE_list("ipcs", [str(i) for i in _D.ipcs], f"IPCs, from {sorted(quality.IPC_SETTINGS)}.")
 flags.DEFINE_list("modes", list(_D.modes), f"Gradient modes, from {list(matching.MODES)}.")
-flags.DEFINE_list("labels", list(_D.labels), f"Label variants, from {list(quality.LABEL_VARIANTS)}.")
+flags.DEFINE_list("labels", list(_D.labels), f"Label variants, from {list(labels.VARIANTS)}.")
 flags.DEFINE_list("seeds", [str(s) for s in _D.seeds], "Distillation seeds.")
 _OVERRIDES = ("iterations", "max_start_epoch", "syn_steps", "lr_img")
 for _name in _OVERRIDES:

@@ -1,6 +1,6 @@
 """`make demo`: real Fashion-MNIST end to end — experts, TESLA distillation, evaluation, export.
 
-  python tools/demo.py [--workdir=demo_run] [--iterations=300] [--labels=hard] ...
+  python tools/demo.py [--workdir=demo_run] [--iterations=300] [--labels=teacher_mix0.5] ...
 """
 
 import os

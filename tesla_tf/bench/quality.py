@@ -28,16 +28,10 @@ import numpy as np
 
 from tesla_tf import evaluate, experts
 from tesla_tf.distill import history as history_lib
+from tesla_tf.distill import labels as labels_lib
 from tesla_tf.distill import loop
 from tesla_tf.distill import matching
 
-# name → DistillConfig label fields
-LABEL_VARIANTS = {
-    "hard": {"labels": "hard"},
-    "teacher": {"labels": "teacher"},
-    "teacher_mix0.5": {"labels": "teacher", "label_mix": 0.5},
-    "teacher_T0.5": {"labels": "teacher", "label_temperature": 0.5},
-}
 # Matching settings per IPC: REFERENCE §8's CIFAR-10 values with N 20 for this machine. IPC 1 starts in
 # the experts' first epochs (T⁺ 2, as MTT): with T⁺ 8 the sets peaked near 400 iterations and fell after
 # (docs/quality.md). IPC 10: T⁺ 4 of the experts' 10 epochs, MTT's 20 of 50 rescaled.
@@ -63,7 +57,7 @@ class QualityConfig:
     width: ConvNet width of experts, students and evaluation.
     num_experts / expert_epochs_trained: the expert budget.
     max_train_examples: experts train on a seeded subset of the rest of the train set (None = all of it).
-    ipcs, modes, labels, seeds: the runs, every combination (labels: keys of LABEL_VARIANTS).
+    ipcs, modes, labels, seeds: the runs, every combination (labels: keys of labels_lib.VARIANTS).
     ipc_settings: {ipc: matching settings and iterations} (default IPC_SETTINGS).
     eval_every, num_eval, eval_epochs: evaluation of every run (REFERENCE §7 recipe).
     run_stages: False = only write the report from what the work directory holds.
@@ -87,8 +81,8 @@ class QualityConfig:
 
   def __post_init__(self):
     for name in self.labels:
-      if name not in LABEL_VARIANTS:
-        raise ValueError(f"Unknown label variant {name!r} (--labels); expected one of {list(LABEL_VARIANTS)}.")
+      if name not in labels_lib.VARIANTS:
+        raise ValueError(f"Unknown label variant {name!r} (--labels); expected one of {list(labels_lib.VARIANTS)}.")
     for mode in self.modes:
       if mode not in matching.MODES:
         raise ValueError(f"Unknown mode {mode!r} (--modes); expected one of {list(matching.MODES)}.")
@@ -133,7 +127,7 @@ def distill_config(config, ipc, mode, labels, seed):
       run_dir=os.path.join(config.workdir, "runs", run_name(config, ipc, mode, labels, seed)),
       data_dir=config.data_dir, ipc=ipc, mode=mode, seed=seed, eval_every=config.eval_every,
       eval_models=("convnet",), num_eval=config.num_eval, eval_epochs=config.eval_epochs,
-      save_every=50, log_every=25, log_images_every=100, **settings, **LABEL_VARIANTS[labels])
+      save_every=50, log_every=25, log_images_every=100, **settings, **labels_lib.VARIANTS[labels])
 
 
 def runs(config):

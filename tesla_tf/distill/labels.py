@@ -5,12 +5,21 @@ them from drifting away from the class an image stands for (measured in docs/qua
   temperature T   softmax(z / T): T < 1 sharpens the teacher's rows, T > 1 flattens them;
   mix β           (1 − β)·teacher + β·one-hot(class): for β ≥ 0.5 a row's argmax is always its class,
                   β = 1 gives hard labels.
-TESLA's labels are T = 1, β = 0.
+TESLA's labels are T = 1, β = 0. VARIANTS names the combinations the benchmark and the demo compare.
 """
 
 import dataclasses
 
 import tensorflow as tf
+
+
+# name → the DistillConfig label fields
+VARIANTS = {
+    "hard": {"labels": "hard"},
+    "teacher": {"labels": "teacher"},
+    "teacher_mix0.5": {"labels": "teacher", "label_mix": 0.5},
+    "teacher_T0.5": {"labels": "teacher", "label_temperature": 0.5},
+}
 
 
 @dataclasses.dataclass(frozen=True)
