@@ -33,8 +33,7 @@ from tesla_tf.distill import loop
 from tesla_tf.distill import matching
 
 # Matching settings per IPC: REFERENCE §8's CIFAR-10 values with N 20 for this machine. IPC 1 starts in
-# the experts' first epochs (T⁺ 2, as MTT): with T⁺ 8 the sets peaked near 400 iterations and fell after
-# (docs/quality.md). IPC 10: T⁺ 4 of the experts' 10 epochs, MTT's 20 of 50 rescaled.
+# the experts' first epochs (T⁺ 2, as MTT): with T⁺ 8 the sets ended 6 points lower (docs/quality.md). IPC 10: T⁺ 4 of the experts' 10 epochs, MTT's 20 of 50 rescaled.
 IPC_SETTINGS = {
     1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 2, "lr_img": 100.0, "lr_lr": 1e-5,
         "lr_teacher": 0.01, "iterations": 600},
