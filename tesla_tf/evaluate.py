@@ -20,10 +20,7 @@ through the set's preprocessor, float images are taken as already in model space
 """
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
 import time
 from typing import Callable, Mapping, Optional
 
@@ -32,7 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 import tesla_tf
+from tesla_tf import errors
 from tesla_tf import augment
+from tesla_tf import files
 from tesla_tf import models
 from tesla_tf.data import distilled
 from tesla_tf.data import holdout
@@ -85,13 +84,13 @@ class EvalConfig:
   def __post_init__(self):
     for name in ("num_eval", "epochs", "batch_size", "test_batch_size", "log_every"):
       if getattr(self, name) < 1:
-        raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        raise errors.UsageError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}.")
     if self.lr is not None and not self.lr > 0:
-      raise ValueError(f"EvalConfig.lr must be > 0 (or None for the learned α), got {self.lr}.")
+      raise errors.UsageError(f"EvalConfig.lr must be > 0 (or None for the learned α), got {self.lr}.")
     augment.parse_strategy(self.augment_strategy)
     for name in self.models:
       if name.lower() not in models.ARCHITECTURES:
-        raise ValueError(f"Unknown model {name!r}; expected one of {sorted(models.ARCHITECTURES)}.")
+        raise errors.UsageError(f"Unknown model {name!r}; expected one of {sorted(models.ARCHITECTURES)}.")
 
 
 def lr_at(epoch, lr, epochs):
@@ -300,12 +299,7 @@ def _summary(runs):
 
 def write_json(path, obj):
   """Writes obj as indented JSON to path atomically (a temp file in the same folder, then a rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-  os.replace(f.name, path)
+  files.write_json(path, obj)
 
 
 def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=None, train_data=None,
@@ -340,7 +334,7 @@ def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=No
   num_classes, image_shape = labels.shape[1], images.shape[1:]
   lr = float(config.lr if config.lr is not None else distilled_set.lr)
   if not lr > 0:
-    raise ValueError(f"The set's learned α is {lr}, not a usable learning rate; pass lr (--lr) instead.")
+    raise errors.UsageError(f"The set's learned α is {lr}, not a usable learning rate; pass lr (--lr) instead.")
   archs = tuple(config.models) or (distilled_set.model["name"],)
   if test_data is None:
     test_data = _default_real(distilled_set.dataset, "test", config.data_dir)

@@ -36,6 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from tesla_tf import augment
+from tesla_tf import errors
+from tesla_tf import files
 from tesla_tf import models
 from tesla_tf import multi_worker
 from tesla_tf.data import holdout
@@ -54,73 +56,13 @@ _EXPERT_RE = re.compile(r"^expert_(\d+)\.json$")
 _EVAL_BATCH = 1024
 
 
-class StoreMismatchError(ValueError):
+class StoreMismatchError(errors.IncompatibleRunError):
   """A store holds experts of another setting than the one asked for."""
 
 
 def _jsonable(value):
   """Tuples → lists, numpy scalars → Python: the form a value takes after a json round trip."""
   return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-
-
-def _write_temp(directory, name, write_fn, mode):
-  """Writes a complete, fsynced temp file (mode 0644) beside `name` in directory; returns its path."""
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + name + ".", suffix=".tmp")
-  try:
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, mode) as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())
-  except BaseException:
-    os.remove(tmp)
-    raise
-  return tmp
-
-
-def _atomic_write(path, write_fn, mode="wb"):
-  """Writes `path` via write_fn(file) on a temp file in the same directory, fsync, then rename."""
-  directory = os.path.dirname(path) or "."
-  tmp = _write_temp(directory, os.path.basename(path), write_fn, mode)
-  try:
-    os.replace(tmp, path)
-  except BaseException:
-    os.remove(tmp)
-    raise
-  _fsync_dir(directory)
-
-
-def _publish_once(tmp, path):
-  """Moves the complete file tmp to path unless path exists (then tmp is dropped); True if published.
-
-  A hard link makes this atomic and exclusive, so concurrent processes agree on one file; filesystems
-  without hard links fall back to a rename after an existence check.
-  """
-  try:
-    os.link(tmp, path)
-    published = True
-  except FileExistsError:
-    published = False
-  except OSError:
-    published = not os.path.exists(path)
-    if published:
-      os.replace(tmp, path)
-  if os.path.exists(tmp):
-    os.remove(tmp)
-  _fsync_dir(os.path.dirname(path) or ".")
-  return published
-
-
-def _fsync_dir(directory):
-  """Makes a rename durable (no-op where directories cannot be opened)."""
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 class TrajectoryStore:
@@ -135,13 +77,17 @@ class TrajectoryStore:
     self.path = os.fspath(path)
     manifest_path = os.path.join(self.path, MANIFEST)
     if not os.path.isfile(manifest_path):
-      raise FileNotFoundError(
+      raise errors.MissingDataError(
           f"No trajectory store at {self.path}: {manifest_path} is missing. Create one with "
           f"tools/train_experts.py --store_dir={self.path}.")
-    with open(manifest_path) as f:
-      self.manifest = json.load(f)
-    if self.manifest.get("format") != FORMAT:
-      raise ValueError(f"{manifest_path}: not a trajectory store manifest (format "
+    try:
+      with open(manifest_path) as f:
+        self.manifest = json.load(f)
+    except (OSError, ValueError) as e:
+      raise errors.CorruptFileError(f"{manifest_path} is not readable JSON ({e}).") from e
+    if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
+      self.manifest = self.manifest if isinstance(self.manifest, dict) else {}
+      raise errors.CorruptFileError(f"{manifest_path}: not a trajectory store manifest (format "
                        f"{self.manifest.get('format')!r}, expected {FORMAT!r}).")
 
   @classmethod
@@ -167,7 +113,7 @@ class TrajectoryStore:
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.exists(manifest_path):
       created = {**fields, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-      _publish_once(_write_temp(path, MANIFEST, lambda f: json.dump(created, f, indent=1), "w"),
+      files.publish_once(files.write_temp(path, MANIFEST, lambda f: json.dump(created, f, indent=1), "w"),
                     manifest_path)
     store = cls(path)
     store.check_compatible({k: v for k, v in fields.items() if k in COMPAT_FIELDS})
@@ -220,9 +166,9 @@ class TrajectoryStore:
                        f"[epochs + 1, num_params] = {list(expected)}.")
     if not np.all(np.isfinite(trajectory)):
       raise ValueError(f"Expert {index}: trajectory has NaN/inf (training diverged); lower --lr_teacher.")
-    _atomic_write(self._file(index, ".npy"), lambda f: np.save(f, trajectory))
+    files.atomic_write(self._file(index, ".npy"), lambda f: np.save(f, trajectory))
     record = _jsonable({**info, "index": int(index), "shape": list(trajectory.shape)})
-    _atomic_write(self._file(index, ".json"), lambda f: json.dump(record, f, indent=1), mode="w")
+    files.atomic_write(self._file(index, ".json"), lambda f: json.dump(record, f, indent=1), mode="w")
 
   def info(self, index):
     """The info dict written with expert `index`."""
@@ -248,7 +194,7 @@ class TrajectoryStore:
     except (OSError, ValueError) as e:
       trajectory, expected = e, f"a readable .npy of shape {list(expected)}"
     if getattr(trajectory, "shape", None) != expected:
-      raise ValueError(f"{path}: expected {expected}, found {getattr(trajectory, 'shape', trajectory)}; "
+      raise errors.CorruptFileError(f"{path}: expected {expected}, found {getattr(trajectory, 'shape', trajectory)}; "
                        "delete it and its .json and rerun tools/train_experts.py to retrain the expert.")
     if epochs is None:
       return trajectory
@@ -260,6 +206,23 @@ class TrajectoryStore:
       raise IndexError(f"epochs {list(rows.ravel())} out of range for expert {index} of {self.path} "
                        f"(epochs 0..{num_rows - 1}).")
     return np.asarray(trajectory[rows])
+
+  def verify(self, indices, rows_per_read=8):
+    """Checks experts `indices` (size, header, finite values) before a long run relies on them.
+
+    Raises:
+      CorruptFileError: naming the first expert file that is truncated, damaged or holds NaN/inf.
+    """
+    for index in indices:
+      trajectory = self.read(index)
+      for first in range(0, trajectory.shape[0], rows_per_read):
+        rows = np.asarray(trajectory[first:first + rows_per_read])
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        if bad.size:
+          path = self._file(index, ".npy")
+          raise errors.CorruptFileError(
+              f"{path} holds NaN/inf parameters at epoch {first + int(bad[0])}; delete it and its .json "
+              "and rerun tools/train_experts.py to retrain the expert.")
 
   def _check_index(self, index):
     if not self.is_finished(index):
@@ -280,7 +243,7 @@ class TrajectoryStore:
     """
     done = self.finished()
     if not done:
-      raise ValueError(f"Trajectory store {self.path} has no finished experts; run "
+      raise errors.MissingDataError(f"Trajectory store {self.path} has no finished experts; run "
                        f"tools/train_experts.py --store_dir={self.path} first.")
     return [done[i] for i in np.random.default_rng([int(seed), int(cycle)]).permutation(len(done))]
 
@@ -506,7 +469,7 @@ def _store_preprocessor(config, info, train_images):
     target = os.path.join(config.store_dir, preprocessor.file_name)
     with tempfile.TemporaryDirectory(dir=config.store_dir) as staging:
       # The first process to fit publishes its file; the others check that theirs agrees.
-      if _publish_once(preprocessor.save(staging), target):
+      if files.publish_once(preprocessor.save(staging), target):
         os.chmod(target, 0o644)  # readable by the distiller's account like the experts
       else:
         stored = preprocess.ZCA.load(config.store_dir, preprocessor.file_name)

@@ -14,8 +14,10 @@ import os
 from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 import tensorflow as tf
 
+from tesla_tf import errors
 
-class StrategyError(ValueError):
+
+class StrategyError(errors.UsageError):
   """The distribution strategy cannot be set up (missing TF_CONFIG, TF already running...)."""
 
 

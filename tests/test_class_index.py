@@ -47,7 +47,7 @@ def test_sample_per_class():
   assert len(np.unique(chosen)) == 12
   np.testing.assert_array_equal(chosen, class_index.sample_per_class(index, 3, seed=7))
   assert not np.array_equal(chosen, class_index.sample_per_class(index, 3, seed=8))
-  with pytest.raises(ValueError, match="Class .* fewer than ipc=100"):
+  with pytest.raises(ValueError, match="--ipc=100: class .* has only"):
     class_index.sample_per_class(index, 100, seed=0)
 
 

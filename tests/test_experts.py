@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tesla_tf import errors
 from tesla_tf import experts
 from tesla_tf import models
 from tesla_tf.data import pipeline
@@ -194,7 +195,7 @@ def test_empty_or_missing_store_errors_name_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*--store_dir"):
     experts.TrajectoryStore(tmp_path)
   store = experts.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
-  with pytest.raises(ValueError, match=f"{tmp_path} has no finished experts"):
+  with pytest.raises(errors.MissingDataError, match=f"{tmp_path} has no finished experts"):
     store.order(0, 0)
   with pytest.raises(KeyError, match="no finished experts"):
     store.read(0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tesla_tf import experts, models
+from tesla_tf import errors, experts, models
 from tesla_tf.data import preprocess, sources
 from tesla_tf.distill import loop
 from tesla_tf.models.flat import FlatModel
@@ -177,12 +177,6 @@ def test_divergence_guard_stops_and_keeps_a_loadable_checkpoint(store_dir, tmp_p
   assert np.isfinite(restored.images.numpy()).all()
 
 
-def test_alpha_guard(store_dir, tmp_path):
-  config = small_config(store_dir, str(tmp_path / "alpha"), lr_lr=1e6, iterations=20)
-  with pytest.raises(loop.DivergenceError, match="--lr_lr"):
-    loop.distill(config)
-
-
 def test_row_chunks_run_equals_whole_batch_run(store_dir, tmp_path):
   """--row_chunks=2 is a memory knob only: the distilled set matches the unchunked run's (float32)."""
   whole = loop.distill(small_config(store_dir, str(tmp_path / "whole"), mode="exact", iterations=2))
@@ -194,7 +188,7 @@ def test_row_chunks_run_equals_whole_batch_run(store_dir, tmp_path):
   np.testing.assert_allclose(chunked.lr, whole.lr, rtol=1e-5)
   with pytest.raises(ValueError, match="--row_chunks=3 must be ≥ 1 and divide --batch_syn=10"):
     loop.Distiller(small_config(store_dir, str(tmp_path / "bad"), row_chunks=3))
-  with pytest.raises(NotImplementedError, match="--row_chunks=2 needs --mode=tesla or exact"):
+  with pytest.raises(errors.UsageError, match="--row_chunks=2 needs --mode=tesla or exact"):
     loop.Distiller(small_config(store_dir, str(tmp_path / "bad"), mode="unrolled", row_chunks=2))
 
 

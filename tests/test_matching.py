@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tesla_tf import errors
 from tesla_tf.distill import matching
 from tesla_tf.models.convnet import convnet
 from tesla_tf.models.flat import FlatModel
@@ -193,5 +194,5 @@ def test_row_chunks_give_the_same_gradients(problem, mode):
 def test_row_chunks_errors(problem):
   with pytest.raises(ValueError, match="--row_chunks=4 must be ≥ 1 and divide --batch_syn=6"):
     run(problem, "exact", 2, batch_syn=6, row_chunks=4)
-  with pytest.raises(NotImplementedError, match="--row_chunks=2 needs --mode=tesla or exact"):
+  with pytest.raises(errors.UsageError, match="--row_chunks=2 needs --mode=tesla or exact"):
     run(problem, "unrolled", 2, batch_syn=6, row_chunks=2)

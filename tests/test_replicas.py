@@ -66,7 +66,7 @@ SCRIPT = textwrap.dedent("""
       out[mode + "/grad_norm"] = float(tf.norm(one.images_grad))
     try:
       match("unrolled", mirrored, tf.constant([0, 0]))
-    except NotImplementedError as e:
+    except ValueError as e:  # errors.UsageError
       out["unrolled_error"] = str(e)
     try:
       replicas.build("mirrored", batch_syn=5)

@@ -15,6 +15,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
+from tesla_tf import cli
 from tesla_tf.bench import quality
 from tesla_tf.distill import labels, matching
 # pylint: enable=wrong-import-position
@@ -75,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

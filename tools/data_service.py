@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tesla_tf import cli  # pylint: disable=wrong-import-position
 from tesla_tf.data import service  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_enum("role", None, list(service.ROLES), "Which server to run.")
@@ -39,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,6 +9,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tesla_tf import cli  # pylint: disable=wrong-import-position
 from tesla_tf import demo  # pylint: disable=wrong-import-position
 
 _DEFAULTS = demo.DemoConfig()
@@ -34,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

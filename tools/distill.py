@@ -8,13 +8,12 @@ Parses flags into a DistillConfig and calls tesla_tf.distill.loop.distill. Re-ru
 
 import os
 import sys
-import tempfile
 
 from absl import app, flags, logging
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tesla_tf import augment  # pylint: disable=wrong-import-position
+from tesla_tf import augment, cli, models  # pylint: disable=wrong-import-position
 from tesla_tf.data import sources
 from tesla_tf.distill import loop, matching, replicas
 
@@ -68,7 +67,20 @@ flags.DEFINE_string("run_dir", None, "Run directory: checkpoints, TensorBoard, d
 flags.DEFINE_integer("save_every", 100, "Checkpoint every this many iterations.", lower_bound=1)
 flags.DEFINE_integer("log_every", 10, "Log scalars every this many iterations.", lower_bound=1)
 flags.DEFINE_integer("log_images_every", 500, "Log an image grid every this many iterations.", lower_bound=1)
+flags.DEFINE_float("max_image_rms", 100.0, "Stop (divergence) when the synthetic images' RMS exceeds this "
+                   "many times the initial set's.", lower_bound=1.0)
 flags.mark_flags_as_required(["store_dir", "run_dir"])
+
+
+
+
+@flags.validator("eval_models")
+def _known_architectures(names):
+  unknown = [n for n in names if n.lower() not in models.ARCHITECTURES]
+  if unknown:
+    raise flags.ValidationError(f"--eval_models: unknown architecture {unknown[0]!r}; choose from "
+                                f"{', '.join(sorted(models.ARCHITECTURES))}.")
+  return True
 
 
 flags.register_validator("dsa_strategy", augment.is_strategy,
@@ -89,7 +101,7 @@ def config_from_flags():
       iterations=FLAGS.iterations, seed=FLAGS.seed, save_every=FLAGS.save_every, log_every=FLAGS.log_every,
       log_images_every=FLAGS.log_images_every, eval_every=FLAGS.eval_every,
       eval_models=tuple(FLAGS.eval_models), num_eval=FLAGS.num_eval, eval_epochs=FLAGS.eval_epochs,
-      flags_text=own_flags_text())
+      max_image_rms=FLAGS.max_image_rms, flags_text=own_flags_text())
 
 
 def own_flags_text():
@@ -98,23 +110,14 @@ def own_flags_text():
   return "\n".join(f.serialize() for f in own if f.serialize())
 
 
-def write_flags(run_dir):
-  """<run_dir>/flags.cfg: the effective flags, replayable with --flagfile (written atomically)."""
-  os.makedirs(run_dir, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=run_dir, delete=False, suffix=".tmp") as f:
-    f.write(own_flags_text() + "\n")
-  os.replace(f.name, os.path.join(run_dir, "flags.cfg"))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   tf.config.experimental.enable_op_determinism()
   config = config_from_flags()
-  write_flags(config.run_dir)
-  loop.distill(config)
+  loop.distill(config)  # writes <run_dir>/flags.cfg once the settings are accepted
   logging.info("Distilled set: %s", os.path.join(config.run_dir, "distilled"))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

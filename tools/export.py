@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tesla_tf import cli  # pylint: disable=wrong-import-position
 from tesla_tf.data import distilled  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_string("source", None, "Run directory, export directory or .npz holding the distilled set.")
@@ -39,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

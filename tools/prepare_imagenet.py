@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tesla_tf import cli  # pylint: disable=wrong-import-position
 from tesla_tf.data import imagenet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # data
@@ -55,10 +56,7 @@ def main(argv):
       examples_per_shard=FLAGS.examples_per_shard, image_size=FLAGS.image_size,
       data_service=FLAGS.data_service, num_parallel_calls=FLAGS.num_parallel_calls,
       shards_per_job=FLAGS.shards_per_job)
-  try:
-    manifest = imagenet.prepare(config)
-  except (FileNotFoundError, ValueError, RuntimeError) as e:
-    sys.exit(f"prepare_imagenet: {e}")
+  manifest = imagenet.prepare(config)
   counts = ", ".join(f"{s} {e['num_examples']} examples in {e['num_shards']} shards"
                      for s, e in manifest["splits"].items())
   print(f"Prepared {manifest['num_classes']} classes at {manifest['image_size']} px in {FLAGS.out_dir}: "
@@ -66,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,6 +15,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from tesla_tf import cli
 from tesla_tf import augment
 from tesla_tf import experts
 from tesla_tf import models
@@ -100,10 +101,7 @@ def main(argv):
     config = config_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  try:
-    store = experts.train_experts(config)
-  except (experts.StoreMismatchError, multi_worker.StrategyError, sources.DatasetNotFoundError) as e:
-    sys.exit(f"Error: {e}")
+  store = experts.train_experts(config)
   if store is None:
     print(f"Worker done; the chief wrote the experts to {config.store_dir}.")
   else:
@@ -111,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -5,11 +5,10 @@ dataset), `sample_per_class` draws a seeded, class-sorted selection, and `take_p
 examples from a tf.data dataset in a single pass. In-memory arrays are simply indexed by the positions.
 """
 
-import os
-import tempfile
-
 import numpy as np
 import tensorflow as tf
+
+from tesla_tf import errors, files
 
 
 def build_class_index(labels, num_classes):
@@ -38,16 +37,9 @@ def class_index_from_dataset(ds, num_classes):
 
 def save_class_index(index, path):
   """Writes the class index to `path` (.npz) atomically (temp file + rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
-    try:
-      np.savez(f, positions=np.concatenate(index) if index else np.zeros([0], np.int64),
-               counts=np.array([len(p) for p in index], np.int64))
-    except BaseException:
-      os.remove(f.name)
-      raise
-  os.replace(f.name, path)
+  files.atomic_write(path, lambda f: np.savez(
+      f, positions=np.concatenate(index) if index else np.zeros([0], np.int64),
+      counts=np.array([len(p) for p in index], np.int64)))
 
 
 def load_class_index(path):
@@ -69,13 +61,13 @@ def sample_per_class(index, ipc, seed):
     int64 [C * ipc] positions, class-sorted (class 0's ipc positions first), ascending within a class.
 
   Raises:
-    ValueError: a class has fewer than ipc examples.
+    UsageError: a class has fewer than ipc examples.
   """
   rng = np.random.default_rng(seed)
   chosen = []
   for c, positions in enumerate(index):
     if len(positions) < ipc:
-      raise ValueError(f"Class {c} has {len(positions)} examples, fewer than ipc={ipc}.")
+      raise errors.UsageError(f"--ipc={ipc}: class {c} has only {len(positions)} examples to draw from.")
     chosen.append(np.sort(rng.choice(positions, size=ipc, replace=False)))
   return np.concatenate(chosen).astype(np.int64) if chosen else np.zeros([0], np.int64)
 

@@ -27,17 +27,17 @@ Interchange for runs that have not exported yet: `save_npz` / `load_npz` (images
 metadata in one .npz; preprocessing files beside it).
 """
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import tesla_tf
+from tesla_tf import errors
+from tesla_tf import files
 from tesla_tf.data import preprocess
 from tesla_tf.data import sources
 from tesla_tf.distill.synthetic import DistilledSet
@@ -52,9 +52,19 @@ FILE_SUFFIX = "tfrecord"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 SHARD_SIZE = 1000
 _TFDS_FILES = ("dataset_info.json", "features.json")
+# metadata.json: key -> (type(s), required); `read_metadata` refuses anything else.
+_NUMBER = (int, float)
+METADATA_KEYS = {
+    "format": (str, True), "version": (str, True), "dataset": (str, True), "class_names": (list, True),
+    "image_shape": (list, True), "num_classes": (int, True), "ipc": (int, True),
+    "num_examples": (int, True), "soft_labels": (bool, True), "lr": (_NUMBER, True),
+    "preprocessing": (dict, True), "model": (dict, True), "config": (dict, True), "shards": (list, True),
+    "files": (list, True), "tfds": (dict, True), "holdout": (dict, False),
+}
+_ENTRY_KEYS = {"file": str, "bytes": int, "sha256": str}
 
 
-class CorruptExportError(ValueError):
+class CorruptExportError(errors.CorruptFileError):
   """An export directory is incomplete or damaged; the message names the file."""
 
 
@@ -74,17 +84,9 @@ def shard_name(shard, num_shards):
   return f"{TFDS_NAME}-{SPLIT}.{FILE_SUFFIX}-{shard:05d}-of-{num_shards:05d}"
 
 
-def _sha256(path):
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _file_entry(directory, name, **extra):
   path = os.path.join(directory, name)
-  return {"file": name, "bytes": os.path.getsize(path), "sha256": _sha256(path), **extra}
+  return {"file": name, "bytes": os.path.getsize(path), "sha256": files.sha256(path), **extra}
 
 
 def json_safe(value):
@@ -100,16 +102,6 @@ def json_safe(value):
   if value is None or isinstance(value, (bool, int, float, str)):
     return value
   return str(value)
-
-
-def _write_json(path, obj):
-  """Writes obj as JSON to path atomically (temp file + rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-    json.dump(obj, f, indent=2, allow_nan=True)
-    f.write("\n")
-  os.replace(f.name, path)
 
 
 def class_names_for(dataset, num_classes):
@@ -211,7 +203,7 @@ def _write(distilled_set, directory, prep, class_names, shard_size):
       "files": [_file_entry(directory, name) for name in extra_files],
       "tfds": {"name": TFDS_NAME, "split": SPLIT, "filename_template": FILENAME_TEMPLATE},
   }
-  _write_json(os.path.join(directory, METADATA_FILE), metadata)
+  files.write_json(os.path.join(directory, METADATA_FILE), metadata)
   return metadata
 
 
@@ -242,12 +234,12 @@ def export(distilled_set, out_dir, *, preprocessor=None, preprocessing_dir=None,
   out_dir = os.path.abspath(out_dir)
   parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+  tmp = files.temp_dir(parent, base)
   try:
     metadata = _write(distilled_set, tmp, prep, class_names, shard_size)
     old = None
     if os.path.exists(out_dir):
-      old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+      old = files.temp_dir(parent, base)
       os.replace(out_dir, os.path.join(old, base))
     os.replace(tmp, out_dir)
   except BaseException:
@@ -269,9 +261,42 @@ def read_metadata(out_dir):
       metadata = json.load(f)
   except (OSError, ValueError) as e:
     raise CorruptExportError(f"{path} is not readable JSON: {e}") from e
-  if metadata.get("format") != FORMAT:
-    raise CorruptExportError(f"{path} has format {metadata.get('format')!r}, expected {FORMAT!r}.")
+  if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+    found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+    raise CorruptExportError(f"{path} has format {found!r}, expected {FORMAT!r}.")
+  _check_metadata(path, metadata)
   return metadata
+
+
+def _type_name(types):
+  return " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+
+
+def _check_metadata(path, metadata):
+  """Refuses a metadata.json whose keys or value types are not those `export` writes, naming the key."""
+  for key, (types, required) in METADATA_KEYS.items():
+    if key not in metadata:
+      if required:
+        raise CorruptExportError(f"{path}: key {key!r} is missing.")
+      continue
+    value = metadata[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in (
+        types if isinstance(types, tuple) else (types,))):
+      raise CorruptExportError(f"{path}: key {key!r} should be a {_type_name(types)}, found {value!r}.")
+  extra = sorted(set(metadata) - set(METADATA_KEYS))
+  if extra:
+    raise CorruptExportError(f"{path}: unexpected key(s) {extra} (written by another version?).")
+  shape = metadata["image_shape"]
+  if len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+    raise CorruptExportError(f"{path}: key 'image_shape' should be [h, w, c] positive ints, found {shape}.")
+  if len(metadata["class_names"]) != metadata["num_classes"]:
+    raise CorruptExportError(f"{path}: key 'class_names' has {len(metadata['class_names'])} names for "
+                             f"num_classes {metadata['num_classes']}.")
+  for key in ("shards", "files"):
+    for entry in metadata[key]:
+      bad = [k for k, t in _ENTRY_KEYS.items() if not isinstance(entry, dict) or not isinstance(entry.get(k), t)]
+      if bad:
+        raise CorruptExportError(f"{path}: an entry of key {key!r} lacks {bad}: {entry!r}.")
 
 
 def verify(out_dir, metadata=None):
@@ -289,7 +314,7 @@ def verify(out_dir, metadata=None):
     if size != entry["bytes"]:
       raise CorruptExportError(f"Distilled-set file {path} is truncated or damaged: {size} bytes, "
                                f"metadata.json says {entry['bytes']}.")
-    if _sha256(path) != entry["sha256"]:
+    if files.sha256(path) != entry["sha256"]:
       raise CorruptExportError(f"Distilled-set file {path} is corrupted: its sha256 does not match "
                                "metadata.json.")
 
@@ -310,8 +335,8 @@ def load(out_dir, *, check=True):
   if check:
     verify(out_dir, metadata)
   feats = features(metadata["image_shape"], metadata["class_names"])
-  files = [os.path.join(out_dir, s["file"]) for s in metadata["shards"]]
-  dataset = tf.data.TFRecordDataset(files).map(feats.deserialize_example)
+  shard_paths = [os.path.join(out_dir, s["file"]) for s in metadata["shards"]]
+  dataset = tf.data.TFRecordDataset(shard_paths).map(feats.deserialize_example)
   return dataset, metadata
 
 
@@ -357,11 +382,10 @@ def save_npz(distilled_set, path, *, preprocessor=None):
   metadata = json_safe({"dataset": distilled_set.dataset, "ipc": distilled_set.ipc,
                          "preprocessing": distilled_set.preprocessing, "model": distilled_set.model,
                          "config": distilled_set.config, "holdout": distilled_set.holdout})
-  with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
-    np.savez(f, images=np.asarray(distilled_set.images, np.float32),
-             labels=np.asarray(distilled_set.labels, np.float32), lr=np.float64(distilled_set.lr),
-             metadata=np.array(json.dumps(metadata)))
-  os.replace(f.name, path)
+  files.atomic_write(path, lambda f: np.savez(
+      f, images=np.asarray(distilled_set.images, np.float32),
+      labels=np.asarray(distilled_set.labels, np.float32), lr=np.float64(distilled_set.lr),
+      metadata=np.array(json.dumps(metadata))))
 
 
 def load_npz(path):
@@ -394,14 +418,14 @@ def load_any(path, preprocessing_dir=None):
     elif os.path.isfile(os.path.join(path, NPZ_FILE)):
       path = os.path.join(path, NPZ_FILE)
     else:
-      raise FileNotFoundError(f"{path} holds no distilled set: expected {METADATA_FILE} (an export), "
+      raise errors.MissingDataError(f"{path} holds no distilled set: expected {METADATA_FILE} (an export), "
                               f"{EXPORT_DIR}/ or {NPZ_FILE} (a run directory).")
   if os.path.isdir(path):
     distilled_set = load_set(path)
   elif os.path.isfile(path):
     distilled_set = load_npz(path)
   else:
-    raise FileNotFoundError(f"No distilled set at {path}.")
+    raise errors.MissingDataError(f"No distilled set at {path}.")
   directory = preprocessing_dir or (path if os.path.isdir(path) else os.path.dirname(path))
   return distilled_set, resolve_preprocessor(distilled_set, preprocessing_dir=directory)
 

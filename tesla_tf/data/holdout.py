@@ -14,10 +14,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tesla_tf import errors
 from tesla_tf.data import class_index as class_index_lib
 from tesla_tf.data import sources
 
-INDEX_FILE = "class_index_train.npz"
+INDEX_FILE = "class_index_train_{fingerprint}.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +44,11 @@ class Holdout:
       return index, np.zeros([0], np.int64)
     per_class, left = divmod(self.size, len(index))
     if left or per_class < 1:
-      raise ValueError(f"--validation_size={self.size} must be a positive multiple of the {len(index)} "
+      raise errors.UsageError(f"--validation_size={self.size} must be a positive multiple of the {len(index)} "
                        "classes (the split is class-balanced), or 0 for none.")
     for c, positions in enumerate(index):
       if len(positions) <= per_class:
-        raise ValueError(f"--validation_size={self.size} holds out {per_class} examples of class {c}, "
+        raise errors.UsageError(f"--validation_size={self.size} holds out {per_class} examples of class {c}, "
                          f"which has only {len(positions)}; lower it.")
     validation = class_index_lib.sample_per_class(index, per_class, [self.seed, 0x7A11])
     rest = [np.setdiff1d(positions, validation, assume_unique=True) for positions in index]
@@ -62,7 +63,7 @@ def for_dataset(name, size=None, seed=0):
   info = sources.get_info(name)
   size = info.validation_size if size is None else int(size)
   if size < 0:
-    raise ValueError(f"--validation_size must be >= 0, got {size}.")
+    raise errors.UsageError(f"--validation_size must be >= 0, got {size}.")
   return Holdout(size, int(seed))
 
 
@@ -72,14 +73,20 @@ def from_manifest(manifest):
 
 
 def train_index(dataset, data_dir, cache_dir=None):
-  """The class index of the whole train split, read from (or saved to) `cache_dir`/class_index_train.npz.
+  """The class index of the whole train split, read from (or saved to) a cache file in `cache_dir`.
+
+  The cache belongs to the data it was computed from: its name carries `sources.fingerprint` of the
+  dataset's location, so another copy of the dataset (another --data_dir, perhaps in another order) or
+  a rewritten one gets its own index instead of reusing a wrong one.
 
   Args:
     dataset: a key of sources.DATASETS.
     data_dir: where the data is.
     cache_dir: a directory for the index (e.g. the trajectory store), or None to compute it every time.
   """
-  path = os.path.join(cache_dir, INDEX_FILE) if cache_dir else None
+  path = None
+  if cache_dir:
+    path = os.path.join(cache_dir, INDEX_FILE.format(fingerprint=sources.fingerprint(dataset, data_dir)))
   if path and os.path.exists(path):
     return class_index_lib.load_class_index(path)
   num_classes = sources.get_info(dataset).num_classes

@@ -41,13 +41,14 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tesla_tf import errors
+from tesla_tf import files
 from tesla_tf.data import class_index
 from tesla_tf.data import service
 
@@ -107,15 +108,15 @@ class _FolderSource:
 
   def __init__(self, root):
     if not root:
-      raise ValueError("--source_dir is required with --source=folder (the ILSVRC root holding "
+      raise errors.UsageError("--source_dir is required with --source=folder (the ILSVRC root holding "
                        "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG).")
     self.root = os.path.abspath(root)
     if not os.path.isdir(self.root):
-      raise FileNotFoundError(f"--source_dir {self.root} does not exist (expected the ILSVRC root "
+      raise errors.MissingDataError(f"--source_dir {self.root} does not exist (expected the ILSVRC root "
                               "holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG).")
     class_dir = next((d for d in (os.path.join(self.root, s) for s in SPLITS) if os.path.isdir(d)), None)
     if class_dir is None:
-      raise FileNotFoundError(f"--source_dir {self.root} holds neither train/ nor val/.")
+      raise errors.MissingDataError(f"--source_dir {self.root} holds neither train/ nor val/.")
     self.classes = tuple(self._wnid_folders(class_dir))
     self._files = {}
 
@@ -123,7 +124,7 @@ class _FolderSource:
   def _wnid_folders(split_dir):
     wnids = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
     if not wnids:
-      raise ValueError(f"{split_dir} holds no class folders: expected one folder per WNID "
+      raise errors.CorruptFileError(f"{split_dir} holds no class folders: expected one folder per WNID "
                        f"({split_dir}/<wnid>/*.JPEG); an ILSVRC val folder must first be sorted into "
                        "WNID folders.")
     return wnids
@@ -133,17 +134,17 @@ class _FolderSource:
     if split not in self._files:
       split_dir = os.path.join(self.root, split)
       if not os.path.isdir(split_dir):
-        raise FileNotFoundError(f"{split_dir} does not exist (--source_dir={self.root}, --split={split}).")
+        raise errors.MissingDataError(f"{split_dir} does not exist (--source_dir={self.root}, --split={split}).")
       label_of = {w: i for i, w in enumerate(self.classes)}
       paths, labels = [], []
       for wnid in self._wnid_folders(split_dir):
         if wnid not in label_of:
-          raise ValueError(f"{os.path.join(split_dir, wnid)}: class {wnid!r} is not among the "
+          raise errors.CorruptFileError(f"{os.path.join(split_dir, wnid)}: class {wnid!r} is not among the "
                            f"{len(self.classes)} class folders of {os.path.dirname(split_dir)}/train.")
         names = sorted(e.name for e in os.scandir(os.path.join(split_dir, wnid))
                        if e.is_file() and e.name.lower().endswith(_IMAGE_SUFFIXES))
         if not names:
-          raise ValueError(f"{os.path.join(split_dir, wnid)} holds no .JPEG/.jpg/.png images.")
+          raise errors.CorruptFileError(f"{os.path.join(split_dir, wnid)} holds no .JPEG/.jpg/.png images.")
         paths += [f"{split}/{wnid}/{n}" for n in names]
         labels += [label_of[wnid]] * len(names)
       self._files[split] = (np.array(paths, dtype=object), np.array(labels, np.int32))
@@ -194,11 +195,11 @@ class _TfdsSource:
     self._remap = remap
     file_format = getattr(self._builder.info.file_format, "value", "tfrecord")
     if file_format != "tfrecord":
-      raise ValueError(f"TFDS {_TFDS_NAME} in {self._builder.data_dir} is stored as {file_format}; "
+      raise errors.CorruptFileError(f"TFDS {_TFDS_NAME} in {self._builder.data_dir} is stored as {file_format}; "
                        "this reader needs tfrecord files.")
     for split in splits:
       if _TFDS_SPLITS[split] not in self._builder.info.splits:
-        raise FileNotFoundError(f"TFDS {_TFDS_NAME} in {self._builder.data_dir} has no "
+        raise errors.MissingDataError(f"TFDS {_TFDS_NAME} in {self._builder.data_dir} has no "
                                 f"{_TFDS_SPLITS[split]!r} split; it was prepared without "
                                 f"{_TFDS_TARS[split]}.")
 
@@ -208,7 +209,7 @@ class _TfdsSource:
     tars = [os.path.join(manual_dir, _TFDS_TARS[s]) for s in splits]
     missing = [t for t in tars if not os.path.isfile(t)]
     if missing:
-      raise FileNotFoundError(
+      raise errors.MissingDataError(
           f"TFDS {_TFDS_NAME} is not prepared in {self._builder.data_dir}, and {', '.join(missing)} "
           "is missing (ImageNet is never downloaded: place the ILSVRC2012 tars from image-net.org in "
           "that manual dir, or pass --tfds_data_dir of a prepared copy).")
@@ -305,28 +306,6 @@ def _sha256_text(text):
   return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _sha256_file(path):
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _atomic_write(path, write_fn):
-  """Calls write_fn(temporary path beside `path`), renames the file into place; returns write_fn's value."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  os.close(fd)
-  try:
-    result = write_fn(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return result
-
-
 def _write_text(path, text):
   """Writes text atomically unless `path` already holds exactly it (so a no-op rerun writes nothing)."""
   if os.path.isfile(path):
@@ -337,7 +316,7 @@ def _write_text(path, text):
   def write(tmp):
     with open(tmp, "w") as f:
       f.write(text)
-  _atomic_write(path, write)
+  files.atomic_path(path, write)
 
 
 def _read_done(path, expected):
@@ -349,7 +328,7 @@ def _read_done(path, expected):
     return None
   if any(done.get(key) != value for key, value in expected.items()) or not os.path.isfile(path):
     return None
-  return done if _sha256_file(path) == done.get("sha256") else None
+  return done if files.sha256(path) == done.get("sha256") else None
 
 
 def _write_shard(path, records, expected):
@@ -369,9 +348,9 @@ def _write_shard(path, records, expected):
             "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[records[position][0]])),
             "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}))
         writer.write(example.SerializeToString(deterministic=True))  # Same map order in every process.
-    return _sha256_file(tmp)
+    return files.sha256(tmp)
 
-  done = dict(expected, sha256=_atomic_write(path, write), labels=labels)
+  done = dict(expected, sha256=files.atomic_path(path, write), labels=labels)
   _write_text(path + ".done", json.dumps(done))
   return done
 
@@ -382,7 +361,7 @@ def _check_layout(split_dir, split, num_shards):
   for name in sorted(os.listdir(split_dir)):
     match = pattern.match(name)
     if match and int(match.group(1)) != num_shards:
-      raise ValueError(f"{os.path.join(split_dir, name)} belongs to a preparation with "
+      raise errors.CorruptFileError(f"{os.path.join(split_dir, name)} belongs to a preparation with "
                        f"{int(match.group(1))} shards, this one has {num_shards} (another "
                        "--examples_per_shard or source?); use a fresh --out_dir or delete that split.")
     if name.startswith(f".{split}-") and name.endswith(".tmp"):
@@ -400,7 +379,7 @@ def _prepare_split(source, split, config, num_classes):
   """Writes (or completes) one split's shards and class index; returns its manifest entry."""
   plan = _Plan(source.size(split), config.examples_per_shard, source.round_robin)
   if plan.size == 0:
-    raise ValueError(f"The {split} split of the {source.describe()['kind']} source has no examples.")
+    raise errors.CorruptFileError(f"The {split} split of the {source.describe()['kind']} source has no examples.")
   split_dir = os.path.join(config.out_dir, split)
   os.makedirs(split_dir, exist_ok=True)
   _check_layout(split_dir, split, plan.num_shards)
@@ -440,7 +419,7 @@ def _prepare_split(source, split, config, num_classes):
     except tf.errors.OpError as e:
       bad = source.find_undecodable(split, positions)
       if bad:
-        raise ValueError(f"{bad}: not a decodable image; remove or convert it and rerun (finished "
+        raise errors.CorruptFileError(f"{bad}: not a decodable image; remove or convert it and rerun (finished "
                          "shards are kept).") from e
       raise RuntimeError(f"Decoding {split} shards {block[0]}..{block[-1]} failed: {e.message}") from e
     if buffers:
@@ -465,16 +444,16 @@ def _prepare_split(source, split, config, num_classes):
 
 def _check_config(config):
   if config.source not in SOURCES:
-    raise ValueError(f"--source must be one of {SOURCES}, got {config.source!r}.")
+    raise errors.UsageError(f"--source must be one of {SOURCES}, got {config.source!r}.")
   if not config.splits or set(config.splits) - set(SPLITS) or len(set(config.splits)) != len(config.splits):
-    raise ValueError(f"--split must list distinct splits among {SPLITS}, got {list(config.splits)}.")
+    raise errors.UsageError(f"--split must list distinct splits among {SPLITS}, got {list(config.splits)}.")
   if not config.out_dir:
-    raise ValueError("--out_dir is required.")
+    raise errors.UsageError("--out_dir is required.")
   for name in ("examples_per_shard", "image_size", "shards_per_job"):
     if getattr(config, name) < 1:
-      raise ValueError(f"--{name} must be at least 1, got {getattr(config, name)}.")
+      raise errors.UsageError(f"--{name} must be at least 1, got {getattr(config, name)}.")
   if config.num_parallel_calls < 1 and config.num_parallel_calls != -1:
-    raise ValueError(f"--num_parallel_calls must be -1 (autotune) or >= 1, got {config.num_parallel_calls}.")
+    raise errors.UsageError(f"--num_parallel_calls must be -1 (autotune) or >= 1, got {config.num_parallel_calls}.")
   if config.data_service:
     service.check_address(config.data_service)
 
@@ -504,7 +483,7 @@ def prepare(config):
   if os.path.isfile(classes_path):
     with open(classes_path) as f:
       if f.read() != classes_text:
-        raise ValueError(f"{classes_path} lists other classes than {source.describe()}; labels would "
+        raise errors.CorruptFileError(f"{classes_path} lists other classes than {source.describe()}; labels would "
                          "disagree between runs: use a fresh --out_dir.")
   _write_text(classes_path, classes_text)
   if len(source.classes) != 1000:
@@ -532,12 +511,12 @@ def read_manifest(out_dir):
   """Returns the manifest of a prepared directory; FileNotFoundError when it is not one."""
   path = os.path.join(out_dir, MANIFEST)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: {out_dir} is not a prepared ImageNet directory (run "
+    raise errors.MissingDataError(f"{path} not found: {out_dir} is not a prepared ImageNet directory (run "
                             "tools/prepare_imagenet.py; a preparation writes the manifest last).")
   with open(path) as f:
     manifest = json.load(f)
   if manifest.get("format") != FORMAT:
-    raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}.")
+    raise errors.CorruptFileError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}.")
   return manifest
 
 
@@ -560,12 +539,12 @@ def load_prepared(out_dir, split):
   manifest = read_manifest(out_dir)
   split = "val" if split == "test" else split
   if split not in manifest["splits"]:
-    raise ValueError(f"{out_dir} has no prepared {split!r} split (it has "
+    raise errors.CorruptFileError(f"{out_dir} has no prepared {split!r} split (it has "
                      f"{sorted(manifest['splits'])}); run tools/prepare_imagenet.py --split={split}.")
-  files = [os.path.join(out_dir, s["file"]) for s in manifest["splits"][split]["shards"]]
-  missing = [f for f in files if not os.path.isfile(f)]
+  shard_paths = [os.path.join(out_dir, s["file"]) for s in manifest["splits"][split]["shards"]]
+  missing = [f for f in shard_paths if not os.path.isfile(f)]
   if missing:
-    raise FileNotFoundError(f"{len(missing)} shards listed in {os.path.join(out_dir, MANIFEST)} are "
+    raise errors.MissingDataError(f"{len(missing)} shards listed in {os.path.join(out_dir, MANIFEST)} are "
                             f"missing, e.g. {missing[0]}; rerun tools/prepare_imagenet.py to redo them.")
   size = manifest["image_size"]
   features = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -575,4 +554,4 @@ def load_prepared(out_dir, split):
     image = tf.ensure_shape(tf.io.decode_png(example["image"], channels=3), [size, size, 3])
     return image, tf.cast(example["label"], tf.int32)
   # One file after the other (no parallel reads): the order must stay the class index's.
-  return tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+  return tf.data.TFRecordDataset(shard_paths).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -14,11 +14,12 @@ h, w, c order instead of PyTorch's c, h, w gives the same transform: ZCA commute
 
 import dataclasses
 import os
-import tempfile
 from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
+
+from tesla_tf import errors, files
 
 ZCA_FILE = "zca.npz"
 _FIT_CHUNK = 4096
@@ -187,16 +188,10 @@ class ZCA:
     Returns:
       The path written.
     """
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, self.file_name)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
-      try:
-        np.savez(f, mean=self.mean, eigenvalues=self.eigenvalues, eigenvectors=self.eigenvectors,
-                 image_shape=np.array(self.image_shape), reg=np.array(self.reg))
-      except BaseException:
-        os.remove(f.name)
-        raise
-    os.replace(f.name, path)
+    files.atomic_write(path, lambda f: np.savez(
+        f, mean=self.mean, eigenvalues=self.eigenvalues, eigenvectors=self.eigenvectors,
+        image_shape=np.array(self.image_shape), reg=np.array(self.reg)))
     return path
 
   @classmethod
@@ -204,7 +199,7 @@ class ZCA:
     """Reads a ZCA written by save from directory/file_name."""
     path = os.path.join(directory, file_name)
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"ZCA matrices not found at {path} (written by ZCA.save beside the "
+      raise errors.MissingDataError(f"ZCA matrices not found at {path} (written by ZCA.save beside the "
                               "distilled set or expert buffer).")
     with np.load(path) as data:
       return cls(data["mean"], data["eigenvalues"], data["eigenvectors"], tuple(data["image_shape"]),
@@ -216,7 +211,7 @@ class ZCA:
       raise ValueError(f"ZCA preprocessing {d} needs the directory holding its {d.get('file', ZCA_FILE)}.")
     zca = cls.load(directory, d.get("file", ZCA_FILE))
     if zca.reg != float(d.get("reg", zca.reg)):
-      raise ValueError(f"ZCA file in {directory} has reg {zca.reg}, the description says {d['reg']}.")
+      raise errors.CorruptFileError(f"ZCA file in {directory} has reg {zca.reg}, the description says {d['reg']}.")
     return zca
 
 
@@ -236,7 +231,7 @@ def build(kind, info, train_images=None, reg=0.1):
     A Preprocessor.
   """
   if kind not in PREPROCESSORS:
-    raise ValueError(f"Unknown preprocessing {kind!r}; choose one of {', '.join(PREPROCESSORS)}.")
+    raise errors.UsageError(f"Unknown preprocessing {kind!r}; choose one of {', '.join(PREPROCESSORS)}.")
   if kind == "normalize":
     return Normalize(tuple(info.mean), tuple(info.std))
   if train_images is None:

@@ -16,12 +16,14 @@ The per-class index lives in `class_index` and is re-exported here.
 
 import dataclasses
 import gzip
+import hashlib
 import os
 
 import numpy as np
 import tensorflow as tf
 
 # pylint: disable=unused-import  (re-exported: the class index belongs with the loaders' users)
+from tesla_tf import errors
 from tesla_tf.data import imagenet
 from tesla_tf.data.class_index import build_class_index, class_index_from_dataset, load_class_index
 from tesla_tf.data.class_index import sample_per_class, save_class_index, take_positions
@@ -42,7 +44,7 @@ _IMAGENET64_TFDS = "imagenet_resized/64x64"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(errors.MissingDataError):
   """A dataset is not on disk; the message names the paths tried and how to get the data."""
 
 
@@ -116,7 +118,7 @@ DATASETS = {
 def get_info(name):
   """Returns the DatasetInfo of `name`; raises ValueError listing the known names."""
   if name not in DATASETS:
-    raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}.")
+    raise errors.UsageError(f"Unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}.")
   return DATASETS[name]
 
 
@@ -165,18 +167,18 @@ def read_idx(path):
     with opener(path, "rb") as f:
       data = f.read()
   except (OSError, EOFError) as e:
-    raise ValueError(f"{path}: cannot read IDX file ({e}).") from e
+    raise errors.CorruptFileError(f"{path}: cannot read IDX file ({e}).") from e
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-    raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex()!r}).")
+    raise errors.CorruptFileError(f"{path}: not an IDX file (bad magic number {data[:4].hex()!r}).")
   ndim = data[3]
   header = 4 + 4 * ndim
   if len(data) < header:
-    raise ValueError(f"{path}: IDX header truncated ({len(data)} bytes for {ndim} dims).")
+    raise errors.CorruptFileError(f"{path}: IDX header truncated ({len(data)} bytes for {ndim} dims).")
   dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
   dtype = np.dtype(_IDX_DTYPES[data[2]])
   expected = header + int(np.prod(dims)) * dtype.itemsize
   if len(data) != expected:
-    raise ValueError(f"{path}: IDX size mismatch, header {dims} needs {expected} bytes, file has "
+    raise errors.CorruptFileError(f"{path}: IDX size mismatch, header {dims} needs {expected} bytes, file has "
                      f"{len(data)}.")
   return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -200,7 +202,7 @@ def _load_idx_numpy(info, split, data_dir):
     return None
   images, labels = read_idx(images_path), read_idx(labels_path)
   if images.ndim != 3 or images.shape[1:] != info.image_shape[:2] or labels.shape != images.shape[:1]:
-    raise ValueError(f"{images_path}, {labels_path}: expected [n, 28, 28] images and [n] labels, got "
+    raise errors.CorruptFileError(f"{images_path}, {labels_path}: expected [n, 28, 28] images and [n] labels, got "
                      f"{images.shape} and {labels.shape}.")
   return images.astype(np.uint8)[..., None], labels.astype(np.int32)
 
@@ -264,10 +266,22 @@ def _list_images(info, directory):
                 if e.is_file() and e.name.lower().endswith(_IMAGE_SUFFIXES))
 
 
+_IMAGE_MAGICS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
+DATA_ERROR = "tesla_tf data error:"  # marks the messages of bad image files inside TF's errors (cli.py)
+
+
 def _folder_dataset(info, paths, labels):
-  """Decodes image files into (uint8 [h, w, c], int32 label); any size other than info's fails."""
+  """Decodes image files into (uint8 [h, w, c], int32 label); a file that is not a PNG/JPEG/GIF/BMP image
+  or has another size than info's fails with an InvalidArgumentError naming it (after DATA_ERROR)."""
   def read(path, label):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=info.image_shape[2], expand_animations=False)
+    data = tf.io.read_file(path)
+    known = tf.reduce_any([tf.strings.substr(data, 0, len(m)) == m for m in _IMAGE_MAGICS])
+    with tf.control_dependencies([tf.debugging.Assert(known, [DATA_ERROR, path, "is not an image file"])]):
+      image = tf.io.decode_image(data, channels=info.image_shape[2], expand_animations=False)
+    right = tf.reduce_all(tf.equal(tf.shape(image), info.image_shape))
+    with tf.control_dependencies([tf.debugging.Assert(right, [DATA_ERROR, path, "has shape", tf.shape(image),
+                                                              "expected", list(info.image_shape)])]):
+      image = tf.identity(image)
     return tf.ensure_shape(image, info.image_shape), label
   ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), np.asarray(labels, np.int32)))
   return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
@@ -309,7 +323,7 @@ def _tiny_imagenet(split, data_dir):
       for line_no, line in enumerate(f, 1):
         fields = line.rstrip("\n").split("\t")
         if len(fields) < 2 or fields[1] not in label_of:
-          raise ValueError(f"{annotations}:{line_no}: expected 'file<TAB>wnid...', wnid in wnids.txt.")
+          raise errors.CorruptFileError(f"{annotations}:{line_no}: expected 'file<TAB>wnid...', wnid in wnids.txt.")
         paths.append(os.path.join(root, "val", "images", fields[0]))
         labels.append(label_of[fields[1]])
   return _folder_dataset(info, paths, labels)
@@ -325,7 +339,7 @@ def _imagenet64_folder(split, root):
   paths, labels = [], []
   for wnid in sorted(e.name for e in os.scandir(split_dir) if e.is_dir()):
     if wnid not in label_of:
-      raise ValueError(f"{os.path.join(split_dir, wnid)}: not an ImageNet-1K WNID folder.")
+      raise errors.CorruptFileError(f"{os.path.join(split_dir, wnid)}: not an ImageNet-1K WNID folder.")
     files = _list_images(info, os.path.join(split_dir, wnid))
     paths += files
     labels += [label_of[wnid]] * len(files)
@@ -367,6 +381,25 @@ def load(name, split, data_dir=None, *, download=False):
   builder = _tfds_builder(info, data_dir, download)
   remap = imagenet64_label_remap(builder.info.features["label"].names)
   return _tfds_dataset(info, split, builder, remap)
+
+
+def fingerprint(name, data_dir=None):
+  """A short hash of where dataset `name` is read from, for caches derived from its order (class index).
+
+  It covers the resolved location and the names, sizes and modification times of the entries at its
+  top level, so another copy — even of the same data in another order — or a rewritten file gives
+  another fingerprint, while reading the same files again gives the same one.
+  """
+  info = get_info(name)
+  location = data_dir
+  if location is None:
+    location = info.debian_dir if info.source == "idx" and os.path.isdir(info.debian_dir or "") else None
+  digest = hashlib.sha256(f"{name}\n{os.path.realpath(location) if location else '<default>'}".encode())
+  if location and os.path.isdir(location):
+    for entry in sorted(os.scandir(location), key=lambda e: e.name):
+      stat = entry.stat()
+      digest.update(f"\n{entry.name} {stat.st_size} {stat.st_mtime_ns}".encode())
+  return digest.hexdigest()[:16]
 
 
 def load_numpy(name, split, data_dir=None, *, download=False):

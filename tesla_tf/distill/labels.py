@@ -12,6 +12,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from tesla_tf import errors
+
 
 # name → the DistillConfig label fields
 VARIANTS = {
@@ -30,9 +32,9 @@ class TeacherLabels:
 
   def __post_init__(self):
     if not self.temperature > 0:
-      raise ValueError(f"--label_temperature must be > 0, got {self.temperature}.")
+      raise errors.UsageError(f"--label_temperature must be > 0, got {self.temperature}.")
     if not 0.0 <= self.mix <= 1.0:
-      raise ValueError(f"--label_mix must lie in [0, 1], got {self.mix}.")
+      raise errors.UsageError(f"--label_mix must lie in [0, 1], got {self.mix}.")
 
   def rows(self, logits, hard):
     """[k, C] probability rows from teacher logits [k, C] and the rows' one-hot classes [k, C]."""

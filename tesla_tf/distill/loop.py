@@ -6,9 +6,12 @@ the expert rotation state is checkpointed too).
 """
 
 import dataclasses
+import glob
 import json
 import os
+import re
 import resource
+import shutil
 import time
 from typing import Optional
 
@@ -16,11 +19,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tesla_tf import evaluate, experts, models, summaries
+from tesla_tf import errors, evaluate, experts, files, models, summaries
 from tesla_tf.data import class_index, distilled, holdout, preprocess, sources
 from tesla_tf.distill import history
 from tesla_tf.distill import labels as labels_lib
 from tesla_tf.distill import matching
+from tesla_tf.distill import run_dir as run_dir_lib
 from tesla_tf.distill import replicas as replicas_lib
 from tesla_tf.distill.synthetic import DistilledSet
 from tesla_tf.models.flat import FlatModel
@@ -64,11 +68,11 @@ class DistillConfig:
   eval_models: tuple = ()
   num_eval: int = 3
   eval_epochs: int = 1000
+  max_image_rms: float = 100.0         # stop when the images' RMS exceeds this × the initial set's
   flags_text: str = ""
 
 
-class DivergenceError(RuntimeError):
-  """The matching loss became NaN/inf or α left (0, ∞); the last good checkpoint is kept."""
+DivergenceError = errors.DivergenceError  # the loss, α or the images left finite, sane values
 
 
 def _sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
@@ -90,25 +94,27 @@ class Distiller:
   def __init__(self, config):
     self.config = config
     if config.labels not in LABEL_MODES:
-      raise ValueError(f"--labels must be one of {LABEL_MODES}, got {config.labels!r}.")
+      raise errors.UsageError(f"--labels must be one of {LABEL_MODES}, got {config.labels!r}.")
     if config.pix_init not in PIX_INITS:
-      raise ValueError(f"--pix_init must be one of {PIX_INITS}, got {config.pix_init!r}.")
+      raise errors.UsageError(f"--pix_init must be one of {PIX_INITS}, got {config.pix_init!r}.")
     self.teacher_how = labels_lib.TeacherLabels(config.label_temperature, config.label_mix)
     if config.labels != "teacher" and self.teacher_how != labels_lib.TeacherLabels():
-      raise ValueError("--label_temperature and --label_mix shape teacher labels; they need --labels=teacher.")
+      raise errors.UsageError("--label_temperature and --label_mix shape teacher labels; they need --labels=teacher.")
     self.store = experts.TrajectoryStore(config.store_dir)
     manifest = self.store.manifest
     if manifest["dataset"] != config.dataset:
-      raise ValueError(f"--store_dir={config.store_dir} holds experts of {manifest['dataset']!r}, "
+      raise errors.IncompatibleRunError(f"--store_dir={config.store_dir} holds experts of {manifest['dataset']!r}, "
                        f"not of --dataset={config.dataset!r}.")
     self.info = sources.get_info(config.dataset)
     needed = config.max_start_epoch + config.expert_epochs
     if needed > manifest["epochs"]:
-      raise ValueError(f"--max_start_epoch + --expert_epochs = {needed} exceeds the experts' "
+      raise errors.UsageError(f"--max_start_epoch + --expert_epochs = {needed} exceeds the experts' "
                        f"{manifest['epochs']} epochs in {config.store_dir}.")
     self.experts = self.store.finished()
     if not self.experts:
-      raise ValueError(f"--store_dir={config.store_dir} has no finished expert; run tools/train_experts.py.")
+      raise errors.MissingDataError(f"--store_dir={config.store_dir} has no finished expert; run "
+                                    "tools/train_experts.py.")
+    self.store.verify(self.experts)
     self.preprocessor = preprocess.from_dict(manifest["preprocessing"], config.store_dir)
     self.holdout = holdout.from_manifest(manifest)
     self.model_spec = {"name": manifest["model"], **manifest.get("model_kwargs", {})}
@@ -119,12 +125,19 @@ class Distiller:
 
     num_classes, n = self.info.num_classes, self.info.num_classes * config.ipc
     self.batch_syn = config.batch_syn or n
+    if self.batch_syn > n:
+      raise errors.UsageError(f"--batch_syn={config.batch_syn} exceeds the {n} synthetic images "
+                              f"(--ipc={config.ipc} × {num_classes} classes).")
     self.replicas = replicas_lib.build(config.strategy, self.batch_syn)
     matching.check_options(config.mode, self.batch_syn, self.replicas is not None, config.row_chunks)
     self.generator = tf.random.Generator.from_seed(config.seed)
-    self.images = tf.Variable(self._initial_images(), name="images")
+    initial = self._initial_images()
+    self.initial_rms = float(tf.sqrt(tf.reduce_mean(tf.square(initial))))
+    self.images = tf.Variable(initial, name="images")
     self.images_buf = tf.Variable(tf.zeros_like(self.images), name="images_momentum")
     alpha0 = config.lr_teacher if config.lr_teacher is not None else manifest["lr_teacher"]
+    if not alpha0 > 0:
+      raise errors.UsageError(f"--lr_teacher={alpha0}: the initial step size α must be > 0.")
     self.syn_lr = tf.Variable(float(alpha0), dtype=tf.float32, name="syn_lr")
     self.syn_lr_buf = tf.Variable(0.0, name="syn_lr_momentum")
     self.hard = labels_lib.hard_labels(num_classes, config.ipc)
@@ -204,7 +217,8 @@ class Distiller:
     _sgd_momentum(self.images, self.images_buf, result.images_grad, c.lr_img)
     _sgd_momentum(self.syn_lr, self.syn_lr_buf, result.lr_grad, c.lr_lr)
     metrics = {"loss/matching": result.loss, "syn_lr": self.syn_lr.value(),
-               "grad_norm/images": tf.norm(result.images_grad), "grad/syn_lr": result.lr_grad}
+               "grad_norm/images": tf.norm(result.images_grad), "grad/syn_lr": result.lr_grad,
+               "images/rms": tf.sqrt(tf.reduce_mean(tf.square(self.images)))}
     if c.labels == "learned":
       logits_grad = tape.gradient(labels, self.label_logits, output_gradients=result.labels_grad)
       _sgd_momentum(self.label_logits, self.label_buf, logits_grad, c.lr_labels)
@@ -219,6 +233,11 @@ class Distiller:
     expert = self.next_expert()
     start_epoch = int(self.generator.uniform([], 0, c.max_start_epoch, dtype=tf.int64).numpy())
     segment = self.store.read(expert, epochs=[start_epoch, start_epoch + c.expert_epochs])
+    if not np.isfinite(segment).all():  # verified at start: the file changed under the run
+      raise errors.CorruptFileError(
+          f"{self.store.path}/expert_{expert:05d}.npy holds NaN/inf at epochs {start_epoch}..."
+          f"{start_epoch + c.expert_epochs}; the run stops (skipping the expert would change the rotation "
+          "a resumed run replays). Retrain it with tools/train_experts.py, then rerun.")
     seeds = self.generator.make_seeds(2)
     metrics = self.step(tf.constant(segment[0]), tf.constant(segment[1]),
                         tf.transpose(tf.cast(seeds, tf.int32)))
@@ -248,16 +267,56 @@ def _peak_rss_gb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _check_divergence(metrics, config):
-  loss, lr = metrics["loss/matching"], metrics["syn_lr"]
+def _check_divergence(metrics, config, initial_rms, iteration, checkpoint):
+  """Raises DivergenceError when the loss, α or the images left finite, sane values.
+
+  Args:
+    metrics: the iteration's metrics.
+    config: the DistillConfig.
+    iteration: the iteration just run (1-based).
+    initial_rms: RMS of the initial images (model space).
+    checkpoint: (path, iteration) of the newest checkpoint, which a rerun resumes from.
+  """
+  loss, lr, rms = metrics["loss/matching"], metrics["syn_lr"], metrics["images/rms"]
   if not np.isfinite(loss):
-    raise DivergenceError(f"The matching loss became {loss}. Lower --lr_img (now {config.lr_img}) or "
-                          f"--max_start_epoch (now {config.max_start_epoch}); the last good checkpoint "
-                          f"in {config.run_dir}/checkpoints is kept.")
-  if not (np.isfinite(lr) and lr > 0):
-    raise DivergenceError(f"The learned step size α became {lr}. Lower --lr_lr (now {config.lr_lr}) or "
-                          f"--lr_img (now {config.lr_img}); the last good checkpoint in "
-                          f"{config.run_dir}/checkpoints is kept.")
+    problem, remedy = f"the matching loss became {loss}", f"--lr_img (now {config.lr_img}) or --max_start_epoch"
+  elif not (np.isfinite(lr) and lr > 0):
+    problem, remedy = f"the learned step size α became {lr}", f"--lr_lr (now {config.lr_lr}) or --lr_img"
+  elif not (np.isfinite(rms) and rms <= config.max_image_rms * max(initial_rms, 1e-12)):
+    problem = (f"the synthetic images' RMS became {rms:.4g}, beyond --max_image_rms={config.max_image_rms:g} "
+               f"× the initial set's {initial_rms:.4g}")
+    remedy = f"--lr_img (now {config.lr_img})"
+  else:
+    return
+  path, saved_at = checkpoint
+  raise DivergenceError(f"Iteration {iteration}: {problem}. Lower {remedy}; rerunning resumes "
+                        f"from checkpoint {path} (iteration {saved_at}), the newest before the divergence.")
+
+
+def _restore(checkpoint, directory):
+  """Restores the newest checkpoint in `directory` that reads, falling back to older ones.
+
+  Returns:
+    The path restored, or None when the directory holds no checkpoint.
+
+  Raises:
+    CorruptFileError: checkpoints exist but none can be read.
+  """
+  paths = sorted(glob.glob(os.path.join(glob.escape(directory), "ckpt-*.index")),
+                 key=lambda p: int(re.search(r"ckpt-(\d+)\.index$", p).group(1)), reverse=True)
+  problems = []
+  for index_path in paths:
+    path = index_path[:-len(".index")]
+    try:
+      checkpoint.restore(path).assert_existing_objects_matched()
+      return path
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+      problems.append(f"{path}: {str(getattr(e, 'message', e)).splitlines()[0]}")
+      logging.warning("Checkpoint %s cannot be read (%s); trying the one before.", path, problems[-1])
+  if problems:
+    raise errors.CorruptFileError(f"No checkpoint in {directory} can be read ({'; '.join(problems)}). "
+                                  "Move the directory aside to start the run again.")
+  return None
 
 
 def _evaluator(config, distiller):
@@ -307,22 +366,46 @@ def _log_grid(distiller, step):
                                                      distiller.config.max_image_classes), step=step)
 
 
+def run_record(config, model_spec):
+  """The settings recorded in <run_dir>/config.json and compared on resume (run_dir.check_resume)."""
+  record = {k: v for k, v in dataclasses.asdict(config).items() if k != "flags_text"}
+  return json.loads(json.dumps({**record, "model": model_spec}))
+
+
 def distill(config):
   """Runs (or resumes) a distillation into config.run_dir, exports the distilled set and, when
   config.eval_models is set, evaluates it every config.eval_every iterations and at the end.
 
+  The run directory is locked for the whole call; a resume must keep the recorded SHAPE_FIELDS settings.
+
   Returns:
     The final DistilledSet (also exported to <run_dir>/distilled).
   """
+  if not config.run_dir or (os.path.exists(config.run_dir) and not os.path.isdir(config.run_dir)):
+    raise errors.UsageError(f"--run_dir={config.run_dir!r}: expected a directory (new or of an earlier run).")
   os.makedirs(config.run_dir, exist_ok=True)
-  distiller = Distiller(config)
+  with run_dir_lib.Lock(config.run_dir):
+    store = experts.TrajectoryStore(config.store_dir)
+    record = run_record(config, {"name": store.manifest.get("model"), **store.manifest.get("model_kwargs", {})})
+    run_dir_lib.check_resume(config.run_dir, record)
+    distiller = Distiller(config)
+    run_dir_lib.write_record(config.run_dir, record, config.flags_text)
+    files.remove_stale_temps(config.run_dir, distilled.EXPORT_DIR)
+    return _run(config, distiller)
+
+
+def _run(config, distiller):
   evaluate_fn = _evaluator(config, distiller)
-  manager = tf.train.CheckpointManager(distiller.checkpoint(), os.path.join(config.run_dir, "checkpoints"),
-                                       max_to_keep=3)
-  if manager.latest_checkpoint:
-    distiller.checkpoint().restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info("Resumed from %s at iteration %d.", manager.latest_checkpoint,
-                 int(distiller.iteration.numpy()))
+  checkpoint_dir = os.path.join(config.run_dir, "checkpoints")
+  for partial in glob.glob(os.path.join(glob.escape(checkpoint_dir), "ckpt-*_temp")):
+    shutil.rmtree(partial, ignore_errors=True)  # a save that was killed or ran out of disk
+  manager = tf.train.CheckpointManager(distiller.checkpoint(), checkpoint_dir, max_to_keep=3)
+  restored = _restore(distiller.checkpoint(), checkpoint_dir)
+  if restored:
+    logging.info("Resumed from %s at iteration %d.", restored, int(distiller.iteration.numpy()))
+  else:  # a run that diverges at once still has a checkpoint to resume from with other settings
+    restored = manager.save(checkpoint_number=0)
+  saved = (restored, int(distiller.iteration.numpy()))
   writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
   with writer.as_default():
     if int(distiller.iteration.numpy()) == 0:
@@ -336,8 +419,8 @@ def distill(config):
       if it % config.log_images_every == 0:
         _log_grid(distiller, it)
       metrics = distiller.iterate()
-      _check_divergence(metrics, config)
       done = it + 1
+      _check_divergence(metrics, config, distiller.initial_rms, done, saved)
       if done % config.log_every == 0 or done == config.iterations:
         rate = (done - first) / max(time.time() - tick, 1e-9)
         metrics.update({"perf/iterations_per_s": rate, "perf/peak_rss_gb": _peak_rss_gb()})
@@ -347,12 +430,12 @@ def distill(config):
                      done, config.iterations, metrics["loss/matching"], metrics["syn_lr"],
                      metrics["start_epoch"], rate, eta // 60, eta % 60, metrics["perf/peak_rss_gb"])
       if done % config.save_every == 0 or done == config.iterations:
-        manager.save(checkpoint_number=done)
+        saved = (manager.save(checkpoint_number=done), done)
       if evaluate_fn and config.eval_every and done % config.eval_every == 0 and done < config.iterations:
         summaries.scalars(evaluate_fn(distiller.distilled_set(), done, final=False), done)
     _log_grid(distiller, config.iterations)  # the delivered set
     result = distiller.distilled_set()
-    distilled.export(result, os.path.join(config.run_dir, "distilled"),
+    distilled.export(result, os.path.join(config.run_dir, distilled.EXPORT_DIR),
                      preprocessor=distiller.preprocessor)
     if evaluate_fn:
       summaries.scalars(evaluate_fn(result, config.iterations, final=True), config.iterations)

@@ -27,6 +27,7 @@ import collections
 
 import tensorflow as tf
 
+from tesla_tf import errors
 from tesla_tf import augment
 
 MODES = ("unrolled", "tesla", "exact")
@@ -55,7 +56,7 @@ def make_schedule(num_rows, syn_steps, batch_syn, seed):
   """
   per_perm = num_rows // batch_syn
   if per_perm < 1:
-    raise ValueError(f"batch_syn={batch_syn} exceeds the number of synthetic images ({num_rows}).")
+    raise errors.UsageError(f"--batch_syn={batch_syn} exceeds the number of synthetic images ({num_rows}).")
   num_perms = -(-syn_steps // per_perm)
   keys = tf.random.stateless_uniform([num_perms, num_rows], seed=seed)
   perms = tf.cast(tf.argsort(keys, axis=1), tf.int32)[:, :per_perm * batch_syn]
@@ -90,14 +91,14 @@ def share_of_rows(structure, index, parts):
 def check_options(mode, batch_syn, replicated=False, row_chunks=1):
   """Raises an error naming the flag unless `matching_gradients` can run this combination."""
   if mode not in MODES:
-    raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
+    raise errors.UsageError(f"--mode must be one of {MODES}, got {mode!r}.")
   if replicated and mode == "unrolled":
-    raise NotImplementedError("--mode=unrolled does not run under --strategy=mirrored; use tesla or exact.")
+    raise errors.UsageError("--mode=unrolled does not run under --strategy=mirrored; use tesla or exact.")
   if row_chunks != 1 and (mode == "unrolled" or replicated):
-    raise NotImplementedError(f"--row_chunks={row_chunks} needs --mode=tesla or exact on one device "
+    raise errors.UsageError(f"--row_chunks={row_chunks} needs --mode=tesla or exact on one device "
                               f"(--strategy=none); use --row_chunks=1.")
   if row_chunks < 1 or batch_syn % row_chunks:
-    raise ValueError(f"--row_chunks={row_chunks} must be ≥ 1 and divide --batch_syn={batch_syn}.")
+    raise errors.UsageError(f"--row_chunks={row_chunks} must be ≥ 1 and divide --batch_syn={batch_syn}.")
 
 
 def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, mode, augment_params=None,

@@ -22,6 +22,7 @@ tesla/exact at constant memory in N. A `strategy.run` per step inside the loop b
 
 import tensorflow as tf
 
+from tesla_tf import errors
 from tesla_tf.distill import matching
 
 STRATEGIES = ("none", "mirrored")
@@ -37,7 +38,7 @@ class Replicas:
   def check_batch(self, batch_syn):
     """Raises a ValueError naming --batch_syn unless it splits into equal shares, one per replica."""
     if batch_syn % self.num_replicas:
-      raise ValueError(f"--batch_syn={batch_syn} (rows per student step) must be divisible by the "
+      raise errors.UsageError(f"--batch_syn={batch_syn} (rows per student step) must be divisible by the "
                        f"{self.num_replicas} replicas of --strategy=mirrored; choose a multiple of "
                        f"{self.num_replicas}.")
 
@@ -78,7 +79,7 @@ def devices():
 def build(name, batch_syn):
   """None for --strategy=none; a Replicas over `devices()` for "mirrored" (batch_syn checked)."""
   if name not in STRATEGIES:
-    raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}.")
+    raise errors.UsageError(f"--strategy must be one of {STRATEGIES}, got {name!r}.")
   if name == "none":
     return None
   replicas = Replicas(tf.distribute.MirroredStrategy(devices()))

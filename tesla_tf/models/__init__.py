@@ -2,6 +2,7 @@
 
 import functools
 
+from tesla_tf import errors
 from tesla_tf.models import classic
 from tesla_tf.models.convnet import convnet
 from tesla_tf.models.flat import FlatModel
@@ -32,7 +33,7 @@ def build(name, num_classes, image_shape, seed=0, **kwargs):
   """
   key = name.lower()
   if key not in ARCHITECTURES:
-    raise ValueError(f"Unknown model {name!r}; expected one of {sorted(ARCHITECTURES)}.")
+    raise errors.UsageError(f"Unknown model {name!r}; expected one of {sorted(ARCHITECTURES)}.")
   model = ARCHITECTURES[key](num_classes, tuple(image_shape), **kwargs)
   flat = FlatModel(model)
   flat.set_flat(flat.initial_flat(seed))

@@ -1,0 +1,36 @@
+"""The project's own errors: what a tool reports as one `FATAL <message>` line (tesla_tf.cli).
+
+Every message names the flag or file at fault and what was expected. The classes also derive from the
+builtin a caller would catch without knowing this module (ValueError, FileNotFoundError, RuntimeError).
+
+  UsageError            a flag or argument is wrong (exit status 2)
+  MissingDataError      a dataset, store, run or file that should exist does not
+  CorruptFileError      a file exists but cannot be used (truncated, damaged, missing keys)
+  IncompatibleRunError  the run directory, store or set was made with other settings, or is in use
+  DivergenceError       the distillation left finite values; names the checkpoint a rerun resumes from
+"""
+
+
+class TeslaError(Exception):
+  """Base class; `exit_code` is the process status a tool exits with."""
+  exit_code = 1
+
+
+class UsageError(TeslaError, ValueError):
+  exit_code = 2
+
+
+class MissingDataError(TeslaError, FileNotFoundError):
+  pass
+
+
+class CorruptFileError(TeslaError, ValueError):
+  pass
+
+
+class IncompatibleRunError(TeslaError, ValueError):
+  pass
+
+
+class DivergenceError(TeslaError, RuntimeError):
+  pass
