@@ -80,13 +80,8 @@ class TrajectoryStore:
       raise errors.MissingDataError(
           f"No trajectory store at {self.path}: {manifest_path} is missing. Create one with "
           f"tools/train_experts.py --store_dir={self.path}.")
-    try:
-      with open(manifest_path) as f:
-        self.manifest = json.load(f)
-    except (OSError, ValueError) as e:
-      raise errors.CorruptFileError(f"{manifest_path} is not readable JSON ({e}).") from e
-    if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
-      self.manifest = self.manifest if isinstance(self.manifest, dict) else {}
+    self.manifest = files.read_json(manifest_path)
+    if self.manifest.get("format") != FORMAT:
       raise errors.CorruptFileError(f"{manifest_path}: not a trajectory store manifest (format "
                        f"{self.manifest.get('format')!r}, expected {FORMAT!r}).")
 

@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 
+from tesla_tf import errors
+
 
 def umask():
   """The process umask (read without changing it for longer than the call)."""
@@ -88,6 +90,19 @@ def remove_stale_temps(parent, name):
   """
   for path in glob.glob(os.path.join(glob.escape(parent), f".{name}.tmp-*")):
     shutil.rmtree(path, ignore_errors=True)
+
+
+def read_json(path, expected=dict, remedy=""):
+  """The JSON value in `path`, which must be a `expected`; anything else is a CorruptFileError naming it."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.CorruptFileError(f"{path} is not readable JSON ({e}){'; ' + remedy if remedy else '.'}") from e
+  if not isinstance(value, expected):
+    raise errors.CorruptFileError(f"{path}: expected a JSON {expected.__name__}, found a "
+                                  f"{type(value).__name__}{'; ' + remedy if remedy else '.'}")
+  return value
 
 
 def write_json(path, obj, indent=2):

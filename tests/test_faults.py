@@ -374,3 +374,13 @@ def test_bad_run_dir_and_ipc_are_usage_errors(store_dir, tmp_path):
       loop.distill(small_config(store_dir, run_dir))
   with pytest.raises(errors.UsageError, match=r"--ipc=7000: class 0 has only \d+ examples"):
     loop.Distiller(small_config(store_dir, str(tmp_path / "r"), ipc=7000))
+
+
+def test_corrupt_eval_history_and_run_record_are_named(tmp_path):
+  from tesla_tf.distill import history  # pylint: disable=import-outside-toplevel
+  (tmp_path / history.FILE).write_text("{oops")
+  with pytest.raises(errors.CorruptFileError, match=re.escape(str(tmp_path / history.FILE)) + " is not readable"):
+    history.read(str(tmp_path))
+  (tmp_path / run_dir_lib.RECORD_FILE).write_text("[1,")
+  with pytest.raises(errors.CorruptFileError, match=re.escape(str(tmp_path / run_dir_lib.RECORD_FILE))):
+    run_dir_lib.check_resume(str(tmp_path), {"ipc": 1})

@@ -5,10 +5,9 @@ the final one (the headline) and the one selected on the validation split, repor
 accuracy. Nothing is ever selected on the test set (STYLE §11).
 """
 
-import json
 import os
 
-from tesla_tf import evaluate
+from tesla_tf import errors, evaluate, files
 
 FILE = "eval_history.json"
 # evaluate.py's summary keys → TensorBoard names ("final" = that evaluation's final-epoch test accuracy)
@@ -41,8 +40,10 @@ def read(run_dir):
   path = os.path.join(run_dir, FILE)
   if not os.path.exists(path):
     return {"evaluations": []}
-  with open(path) as f:
-    return json.load(f)
+  history = files.read_json(path, remedy="move it aside to resume (its evaluations leave the history)")
+  if not isinstance(history.get("evaluations"), list):
+    raise errors.CorruptFileError(f"{path}: expected an object with an 'evaluations' list.")
+  return history
 
 
 def iterations(run_dir):

@@ -75,15 +75,7 @@ def read_record(run_dir):
   path = os.path.join(run_dir, RECORD_FILE)
   if not os.path.exists(path):
     return None
-  try:
-    with open(path) as f:
-      record = json.load(f)
-  except (OSError, ValueError) as e:
-    raise errors.CorruptFileError(f"{path} is not readable JSON ({e}); restore it or delete it to resume "
-                                  "without the settings check.") from e
-  if not isinstance(record, dict):
-    raise errors.CorruptFileError(f"{path}: expected a JSON object of settings.")
-  return record
+  return files.read_json(path, remedy="restore it, or delete it to resume without the settings check")
 
 
 def check_resume(run_dir, record):
