@@ -140,8 +140,9 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
   env.pop("TF_CONFIG", None)
   result = subprocess.run([sys.executable, TOOL] + flags, env=env, capture_output=True, text=True,
                           timeout=120)
-  assert result.returncode != 0
-  assert "Error: --strategy=multi_worker reads the cluster from the TF_CONFIG" in result.stderr
+  assert result.returncode == 2  # a usage error
+  assert result.stderr.splitlines()[-1].startswith(
+      "FATAL --strategy=multi_worker reads the cluster from the TF_CONFIG")
   assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "store")
 
 
