@@ -251,3 +251,13 @@ def apply(images, params):
   x = _colour(images, params)
   x = _resample(x, params["affine"])
   return x * _cutout_mask(params["cutout"], images.shape[1], images.shape[2], images.dtype)
+
+
+def sample_steps(strategy, num_steps, batch_shape, seed):
+  """DSA parameters of `num_steps` student steps, stacked on a leading [N] axis (one fresh draw per step)."""
+  seeds = tf.random.experimental.stateless_split(seed, num_steps)
+  # One traced draw mapped over the N seeds, not N traced draws: a Python loop put N copies of the
+  # sampling ops in the graph, ~6.6 MB of RSS per step (0.53 GB at N = 80, docs/benchmarks.md).
+  spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                               sample(strategy, batch_shape, seeds[0]))
+  return tf.map_fn(lambda s: sample(strategy, batch_shape, s), seeds, fn_output_signature=spec)

@@ -36,7 +36,6 @@ from tesla_tf import models
 from tesla_tf.data import distilled
 from tesla_tf.data import holdout
 from tesla_tf.data import sources
-from tesla_tf.distill import matching
 
 LR_DECAY = 0.1
 METRIC = "test accuracy (fraction in [0, 1]) after the final epoch, on the real test set"
@@ -161,7 +160,7 @@ class Trainer:
       with tf.GradientTape() as tape:
         logits = self.model(x, training=True)
         # Masked rows weigh 0; rescaling keeps the mean over the real rows of a padded batch.
-        loss = matching.soft_cross_entropy(y * w[:, None], logits) * (b / tf.reduce_sum(w))
+        loss = models.soft_cross_entropy(y * w[:, None], logits) * (b / tf.reduce_sum(w))
       grads = tape.gradient(loss, self.variables)
       for var, grad, buf in zip(self.variables, grads, self.buffers):
         new_var, new_buf = sgd_momentum(var.value, grad, buf, lr, cfg.momentum, cfg.weight_decay)
@@ -269,7 +268,7 @@ def _model_kwargs(distilled_set, arch, config):
 
 def _default_real(dataset, split, data_dir):
   """The real split as arrays (small IDX datasets) or a streaming dataset of (uint8 image, label)."""
-  if sources.get_info(dataset).source == "idx":
+  if sources.get_info(dataset).in_memory:
     return sources.load_numpy(dataset, split, data_dir)
   return sources.load(dataset, split, data_dir)
 

@@ -1,20 +1,11 @@
-"""Expert training (REFERENCE §1) and the trajectory store the distiller streams experts from.
+"""Expert training (REFERENCE §1): the trajectories the distiller streams from a store.
 
 An expert is a network trained on real data with plain SGD; its trajectory is the [E+1, P] float32 array
 of its flat parameters (`FlatModel.get_flat`) at initialisation and after every epoch. `train_experts`
 trains experts `expert_start .. expert_start + num_experts - 1` with `keras.Model.fit` and a
 `TrajectoryRecorder` callback, and writes each one into a `TrajectoryStore`.
 
-Store layout (one directory):
-  manifest.json        what every expert in it shares (dataset, model, layout, preprocessing, recipe);
-                       created once, atomically, never rewritten.
-  zca.npz              the ZCA matrices when preprocessing is "zca" (fitted once per store).
-  expert_00000.npy     trajectory [E+1, P] float32, written to a temp file, fsynced, renamed.
-  expert_00000.json    per-expert info (seed, test accuracy per epoch, wall time), written the same way
-                       AFTER the .npy: an expert is finished iff its .json exists, so a crash at any
-                       point never leaves a half-written expert that reads as finished.
-Several processes may fill one store (disjoint `expert_start` ranges): only the per-expert files are
-written after creation.
+The store itself (layout, manifest, reads) is tesla_tf/store.py.
 
 One large expert can also be trained by several workers at once (`strategy="multi_worker"`,
 `tf.distribute.MultiWorkerMirroredStrategy` configured by TF_CONFIG): every worker runs the same call,
@@ -23,9 +14,7 @@ the chief alone writes the store.
 
 import contextlib
 import dataclasses
-import json
 import os
-import re
 import socket
 import tempfile
 import time
@@ -36,234 +25,17 @@ import numpy as np
 import tensorflow as tf
 
 from tesla_tf import augment
-from tesla_tf import errors
 from tesla_tf import files
 from tesla_tf import models
 from tesla_tf import multi_worker
+from tesla_tf import store as store_lib
 from tesla_tf.data import holdout
 from tesla_tf.data import pipeline
 from tesla_tf.data import preprocess
 from tesla_tf.data import sources
 from tesla_tf.models.flat import FlatModel
 
-MANIFEST = "manifest.json"
-FORMAT = "tesla_tf.trajectory_store/1"
-# Fields that must agree for two sets of experts to share one store.
-COMPAT_FIELDS = ("format", "dataset", "num_classes", "image_shape", "model", "model_kwargs", "num_params",
-                 "layout", "preprocessing", "epochs", "lr_teacher", "momentum", "batch_size",
-                 "augment_strategy", "seed", "max_train_examples", "holdout")
-_EXPERT_RE = re.compile(r"^expert_(\d+)\.json$")
 _EVAL_BATCH = 1024
-
-
-class StoreMismatchError(errors.IncompatibleRunError):
-  """A store holds experts of another setting than the one asked for."""
-
-
-def _jsonable(value):
-  """Tuples → lists, numpy scalars → Python: the form a value takes after a json round trip."""
-  return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-
-
-class TrajectoryStore:
-  """A directory of expert trajectories sharing one manifest.
-
-  Attributes:
-    path: the store directory.
-    manifest: dict read from manifest.json.
-  """
-
-  def __init__(self, path):
-    self.path = os.fspath(path)
-    manifest_path = os.path.join(self.path, MANIFEST)
-    if not os.path.isfile(manifest_path):
-      raise errors.MissingDataError(
-          f"No trajectory store at {self.path}: {manifest_path} is missing. Create one with "
-          f"tools/train_experts.py --store_dir={self.path}.")
-    self.manifest = files.read_json(manifest_path)
-    if self.manifest.get("format") != FORMAT:
-      raise errors.CorruptFileError(f"{manifest_path}: not a trajectory store manifest (format "
-                       f"{self.manifest.get('format')!r}, expected {FORMAT!r}).")
-
-  @classmethod
-  def create_or_open(cls, path, manifest_fields):
-    """Creates the store with `manifest_fields`, or opens it if it exists with the same fields.
-
-    Creation is atomic and exclusive (hard link of a complete temp file), so concurrent processes agree
-    on one manifest.
-
-    Args:
-      path: store directory (created if missing).
-      manifest_fields: dict of json-able values; the COMPAT_FIELDS it has must match an existing store.
-
-    Returns:
-      The TrajectoryStore.
-
-    Raises:
-      StoreMismatchError: the existing store was made for other settings; names the fields.
-    """
-    path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
-    fields = _jsonable({"format": FORMAT, **manifest_fields})
-    manifest_path = os.path.join(path, MANIFEST)
-    if not os.path.exists(manifest_path):
-      created = {**fields, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-      files.publish_once(files.write_temp(path, MANIFEST, lambda f: json.dump(created, f, indent=1), "w"),
-                    manifest_path)
-    store = cls(path)
-    store.check_compatible({k: v for k, v in fields.items() if k in COMPAT_FIELDS})
-    return store
-
-  def check_compatible(self, expected):
-    """Raises StoreMismatchError naming every field of `expected` whose value differs in the manifest.
-
-    Args:
-      expected: dict field → value (e.g. dataset, model, model_kwargs, layout, preprocessing).
-    """
-    expected = _jsonable(expected)
-    bad = [k for k in expected if self.manifest.get(k) != expected[k]]
-    if bad:
-      details = "; ".join(f"{k}: store has {_short(self.manifest.get(k))}, asked for {_short(expected[k])}"
-                          for k in bad)
-      raise StoreMismatchError(
-          f"Trajectory store {self.path} was made for other settings ({details}). Use another "
-          f"--store_dir, or the store's settings.")
-
-  def preprocessor(self):
-    """The preprocessing every expert of the store was trained in (ZCA read from the store's file)."""
-    return preprocess.from_dict(self.manifest["preprocessing"], self.path)
-
-  def _file(self, index, suffix):
-    return os.path.join(self.path, f"expert_{int(index):05d}{suffix}")
-
-  def is_finished(self, index):
-    return os.path.isfile(self._file(index, ".json"))
-
-  def finished(self):
-    """Sorted indices of the experts whose trajectory and info are completely written."""
-    return sorted(int(m.group(1)) for m in map(_EXPERT_RE.match, os.listdir(self.path)) if m)
-
-  def __len__(self):
-    return len(self.finished())
-
-  def write(self, index, trajectory, info):
-    """Stores expert `index` atomically: the trajectory first, then its info (which marks it finished).
-
-    Args:
-      index: expert index >= 0.
-      trajectory: float32 [E+1, P] flat parameters at epochs 0..E.
-      info: json-able dict (seed, accuracies, wall time...).
-    """
-    trajectory = np.asarray(trajectory, np.float32)
-    expected = (self.manifest["epochs"] + 1, self.manifest["num_params"])
-    if trajectory.shape != expected:
-      raise ValueError(f"Expert {index}: trajectory shape {trajectory.shape}, store {self.path} expects "
-                       f"[epochs + 1, num_params] = {list(expected)}.")
-    if not np.all(np.isfinite(trajectory)):
-      raise ValueError(f"Expert {index}: trajectory has NaN/inf (training diverged); lower --lr_teacher.")
-    files.atomic_write(self._file(index, ".npy"), lambda f: np.save(f, trajectory))
-    record = _jsonable({**info, "index": int(index), "shape": list(trajectory.shape)})
-    files.atomic_write(self._file(index, ".json"), lambda f: json.dump(record, f, indent=1), mode="w")
-
-  def info(self, index):
-    """The info dict written with expert `index`."""
-    self._check_index(index)
-    with open(self._file(index, ".json")) as f:
-      return json.load(f)
-
-  def read(self, index, epochs=None):
-    """Expert `index`'s trajectory, memory-mapped.
-
-    Args:
-      index: a finished expert index.
-      epochs: None (all E+1 rows), a slice, or a list of epoch numbers.
-
-    Returns:
-      float32 [E+1, P] (memmap), or the selected rows [k, P] (a memmap view for a slice, a copy for a list).
-    """
-    self._check_index(index)
-    path = self._file(index, ".npy")
-    expected = (self.manifest["epochs"] + 1, self.manifest["num_params"])
-    try:
-      trajectory = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as e:
-      trajectory, expected = e, f"a readable .npy of shape {list(expected)}"
-    if getattr(trajectory, "shape", None) != expected:
-      raise errors.CorruptFileError(f"{path}: expected {expected}, found {getattr(trajectory, 'shape', trajectory)}; "
-                       "delete it and its .json and rerun tools/train_experts.py to retrain the expert.")
-    if epochs is None:
-      return trajectory
-    if isinstance(epochs, slice):
-      return trajectory[epochs]
-    rows = np.asarray(epochs, np.int64)
-    num_rows = trajectory.shape[0]
-    if rows.ndim != 1 or rows.size == 0 or rows.min() < 0 or rows.max() >= num_rows:
-      raise IndexError(f"epochs {list(rows.ravel())} out of range for expert {index} of {self.path} "
-                       f"(epochs 0..{num_rows - 1}).")
-    return np.asarray(trajectory[rows])
-
-  def verify(self, indices, rows_per_read=8):
-    """Checks experts `indices` (size, header, finite values) before a long run relies on them.
-
-    Raises:
-      CorruptFileError: naming the first expert file that is truncated, damaged or holds NaN/inf.
-    """
-    for index in indices:
-      trajectory = self.read(index)
-      for first in range(0, trajectory.shape[0], rows_per_read):
-        rows = np.asarray(trajectory[first:first + rows_per_read])
-        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-        if bad.size:
-          path = self._file(index, ".npy")
-          raise errors.CorruptFileError(
-              f"{path} holds NaN/inf parameters at epoch {first + int(bad[0])}; delete it and its .json "
-              "and rerun tools/train_experts.py to retrain the expert.")
-
-  def _check_index(self, index):
-    if not self.is_finished(index):
-      done = self.finished()
-      have = (f"finished experts: {_short(done)}" if done else
-              f"no finished experts — run tools/train_experts.py --store_dir={self.path}")
-      raise KeyError(f"Expert {index} is not in trajectory store {self.path} ({have}).")
-
-  def order(self, seed, cycle):
-    """The finished experts in a seeded order: a pure function of (seed, cycle, the finished set).
-
-    Args:
-      seed: int seed of the rotation.
-      cycle: int pass number over the store; every cycle is reshuffled.
-
-    Returns:
-      int list, a permutation of finished().
-    """
-    done = self.finished()
-    if not done:
-      raise errors.MissingDataError(f"Trajectory store {self.path} has no finished experts; run "
-                       f"tools/train_experts.py --store_dir={self.path} first.")
-    return [done[i] for i in np.random.default_rng([int(seed), int(cycle)]).permutation(len(done))]
-
-  def iterate(self, seed, start=0):
-    """Yields expert indices forever, cycle after cycle of `order(seed, cycle)`.
-
-    Args:
-      seed: int seed.
-      start: number of experts already consumed (resume: the sequence continues exactly).
-    """
-    position = int(start)
-    while True:
-      cycle, offset = divmod(position, len(self.order(seed, 0)))
-      for index in self.order(seed, cycle)[offset:]:
-        yield index
-        position += 1
-
-  def __iter__(self):
-    """One pass over the finished experts in the seeded order of (seed 0, cycle 0)."""
-    return iter(self.order(0, 0))
-
-
-def _short(value, limit=120):
-  text = json.dumps(value)
-  return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,7 +171,7 @@ def _count(ds):
 def _subset(config, split, size):
   """A seeded random subset of `size` examples of a split (all if smaller), as numpy (images, labels)."""
   rng = np.random.default_rng(config.seed)
-  if sources.get_info(config.dataset).source == "idx":  # in memory already: index it directly
+  if sources.get_info(config.dataset).in_memory:  # in memory already: index it directly
     images, labels = sources.load_numpy(config.dataset, split, config.data_dir)
     positions = np.sort(rng.choice(len(labels), min(size, len(labels)), replace=False))
     return images[positions], labels[positions]
@@ -418,11 +190,11 @@ def _train_examples(config):
   seeded subset of that rest of max_train_examples examples."""
   info = sources.get_info(config.dataset)
   split = store_holdout(config)
-  in_memory = info.source == "idx" or config.preprocessing == "zca" or config.max_train_examples is not None
+  in_memory = info.in_memory or config.preprocessing == "zca" or config.max_train_examples is not None
   if split.size == 0 and not in_memory:
     ds = sources.load(config.dataset, "train", config.data_dir)
     return ds, _count(ds), None
-  arrays = sources.load_numpy(config.dataset, "train", config.data_dir) if info.source == "idx" else None
+  arrays = sources.load_numpy(config.dataset, "train", config.data_dir) if info.in_memory else None
   index = (sources.build_class_index(arrays[1], info.num_classes) if arrays is not None
            else holdout.train_index(config.dataset, config.data_dir, config.store_dir))
   rest, _ = split.split(index)
@@ -449,10 +221,10 @@ def _test_examples(config):
 
 def _store_preprocessor(config, info, train_images):
   """The store's preprocessing: ZCA is fitted once and saved in the store before its manifest."""
-  if os.path.isfile(os.path.join(config.store_dir, MANIFEST)):
-    existing = TrajectoryStore(config.store_dir).manifest.get("preprocessing", {})
+  if os.path.isfile(os.path.join(config.store_dir, store_lib.MANIFEST)):
+    existing = store_lib.TrajectoryStore(config.store_dir).manifest.preprocessing
     if existing.get("kind") != config.preprocessing:  # refuse before touching the store's files
-      raise StoreMismatchError(
+      raise store_lib.StoreMismatchError(
           f"Trajectory store {config.store_dir} was made for other settings (preprocessing: store has "
           f"{existing.get('kind')!r}, asked for {config.preprocessing!r}). Use another --store_dir, or "
           "the store's settings.")
@@ -469,7 +241,7 @@ def _store_preprocessor(config, info, train_images):
       else:
         stored = preprocess.ZCA.load(config.store_dir, preprocessor.file_name)
         if not np.allclose(stored.whiten, preprocessor.whiten, atol=1e-4):
-          raise StoreMismatchError(
+          raise store_lib.StoreMismatchError(
               f"{target} holds a ZCA fitted on other data than --dataset={config.dataset} with "
               f"--max_train_examples={config.max_train_examples}; remove it or use another --store_dir.")
   return preprocessor
@@ -498,7 +270,7 @@ def open_store(config):
   preprocessor = _store_preprocessor(config, info, train_images)
   probe = FlatModel(models.build(config.model, info.num_classes, info.image_shape,
                                  **dict(config.model_kwargs)))
-  store = TrajectoryStore.create_or_open(config.store_dir, manifest_fields(config, probe, preprocessor))
+  store = store_lib.TrajectoryStore.create_or_open(config.store_dir, manifest_fields(config, probe, preprocessor))
   return store, ExpertData(train, num_train, _test_examples(config), store.preprocessor())
 
 

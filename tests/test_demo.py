@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 
+from tesla_tf import store as store_lib
 from tesla_tf import demo
-from tesla_tf import experts
 from tesla_tf.data import distilled
 
 
@@ -15,7 +15,7 @@ def test_demo_runs_end_to_end(tmp_path):
                            iterations=3, num_eval=1, eval_epochs=2)
   results = demo.run_demo(config)
 
-  assert experts.TrajectoryStore(os.path.join(tmp_path, "experts")).finished() == [0]
+  assert store_lib.TrajectoryStore(os.path.join(tmp_path, "experts")).finished() == [0]
   for kind in ("distilled", "random_subset"):
     accuracy = results[kind]["convnet"]["accuracies"]
     assert len(accuracy) == 1 and 0.0 <= accuracy[0] <= 1.0

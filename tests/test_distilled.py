@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from tesla_tf.data import distilled
 from tesla_tf.data import preprocess
-from tesla_tf.distill.synthetic import DistilledSet
+from tesla_tf.data.distilled import DistilledSet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)

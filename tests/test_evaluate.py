@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tesla_tf import models
 from tesla_tf import evaluate
 from tesla_tf.data import distilled
-from tesla_tf.distill import matching
-from tesla_tf.distill.synthetic import DistilledSet
+from tesla_tf.data.distilled import DistilledSet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)
@@ -49,7 +49,7 @@ def test_soft_cross_entropy_is_the_hand_formula():
   logits = rng.normal(size=(5, 4)) * 3
   labels = _softmax(rng.normal(size=(5, 4)))
   expected = -np.mean(np.sum(labels * np.log(_softmax(logits)), axis=1))
-  got = matching.soft_cross_entropy(tf.constant(labels), tf.constant(logits))
+  got = models.soft_cross_entropy(tf.constant(labels), tf.constant(logits))
   np.testing.assert_allclose(float(got), expected, rtol=1e-12)
 
 
@@ -95,7 +95,7 @@ def test_trainer_two_steps_equal_numpy_sgd():
     t = tf.constant(theta_np, tf.float32)
     with tf.GradientTape() as tape:
       tape.watch(t)
-      loss = matching.soft_cross_entropy(s.labels, flat.apply(t, s.images))
+      loss = models.soft_cross_entropy(s.labels, flat.apply(t, s.images))
     return tape.gradient(loss, t).numpy().astype(np.float64)
 
   lr, buf = 0.1, np.zeros_like(theta)

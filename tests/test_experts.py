@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tesla_tf import store as store_lib
 from tesla_tf import errors
 from tesla_tf import experts
 from tesla_tf import models
@@ -74,7 +75,7 @@ def test_stored_expert_is_the_trained_network(trained):
   """Row 0 is the derived-seed init; the last row scores exactly the recorded final test accuracy."""
   config, store, data, _ = trained
   assert store.finished() == [0, 1]
-  assert store.manifest["preprocessing"] == {"kind": "normalize", "mean": [0.2861], "std": [0.353]}
+  assert store.manifest.preprocessing == {"kind": "normalize", "mean": [0.2861], "std": [0.353]}
   for index in store.finished():
     trajectory, info = store.read(index), store.info(index)
     model = models.build("convnet", 10, (28, 28, 1), seed=info["init_seed"], width=8)
@@ -98,14 +99,14 @@ def test_rerun_skips_finished_experts(trained):
 
 def test_other_settings_are_refused_with_the_fields_named(trained):
   config, store, _, _ = trained
-  with pytest.raises(experts.StoreMismatchError, match=r"store has \{\"width\": 8\}.*num_params"):
+  with pytest.raises(store_lib.StoreMismatchError, match=r"store has \{\"width\": 8\}.*num_params"):
     experts.train_experts(_config(config.store_dir, model_kwargs={"width": 16}))
-  with pytest.raises(experts.StoreMismatchError, match="preprocessing: store has 'normalize'"):
+  with pytest.raises(store_lib.StoreMismatchError, match="preprocessing: store has 'normalize'"):
     experts.train_experts(_config(config.store_dir, preprocessing="zca"))
   assert not os.path.exists(os.path.join(store.path, "zca.npz"))
-  with pytest.raises(experts.StoreMismatchError, match=f"{store.path}.*lr_teacher"):
+  with pytest.raises(store_lib.StoreMismatchError, match=f"{store.path}.*lr_teacher"):
     experts.train_experts(_config(config.store_dir, lr_teacher=0.02))
-  with pytest.raises(experts.StoreMismatchError, match="dataset: store has \"fashion_mnist\""):
+  with pytest.raises(store_lib.StoreMismatchError, match="dataset: store has \"fashion_mnist\""):
     store.check_compatible({"dataset": "mnist", "model": "convnet"})
   store.check_compatible({"dataset": "fashion_mnist", "model_kwargs": {"width": 8}})
 
@@ -113,7 +114,7 @@ def test_other_settings_are_refused_with_the_fields_named(trained):
 def test_zca_store_saves_the_transform_it_trains_with(tmp_path):
   config = _config(tmp_path, preprocessing="zca", epochs=1, max_test_examples=64)
   store, data = experts.open_store(config)
-  assert store.manifest["preprocessing"]["kind"] == "zca"
+  assert store.manifest.preprocessing["kind"] == "zca"
   assert os.path.isfile(os.path.join(store.path, "zca.npz"))
   again, _ = experts.open_store(config)  # reopening loads the store's file, no refit
   assert again.manifest == store.manifest
@@ -137,7 +138,7 @@ def test_bad_config_is_refused(tmp_path, overrides, match):
 # Store ------------------------------------------------------------------------------------------------
 
 def _fake_store(path, indices=(0, 1, 2)):
-  store = experts.TrajectoryStore.create_or_open(path, _fake_fields())
+  store = store_lib.TrajectoryStore.create_or_open(path, _fake_fields())
   for i in indices:
     store.write(i, np.full([4, 6], i, np.float32) + np.arange(4, dtype=np.float32)[:, None], {"seed": i})
   return store
@@ -153,8 +154,8 @@ def test_store_roundtrip_mmap_and_epoch_selection(tmp_path):
   np.testing.assert_array_equal(store.read(5, epochs=slice(1, 3))[:, 0], [6, 7])
   np.testing.assert_array_equal(store.read(5, epochs=[3, 0])[:, 0], [8, 5])
   assert store.info(2)["seed"] == 2 and store.info(2)["shape"] == [4, 6]
-  reopened = experts.TrajectoryStore(tmp_path / "s")
-  assert reopened.manifest["epochs"] == 3 and reopened.finished() == [0, 2, 5]
+  reopened = store_lib.TrajectoryStore(tmp_path / "s")
+  assert reopened.manifest.epochs == 3 and reopened.finished() == [0, 2, 5]
   with pytest.raises(IndexError, match="epochs 0..3"):
     store.read(5, epochs=[4])
   with pytest.raises(KeyError, match=r"Expert 1 is not in .*finished experts: \[0, 2, 5\]"):
@@ -169,15 +170,20 @@ def test_store_roundtrip_mmap_and_epoch_selection(tmp_path):
 def test_seeded_order_is_reproducible_and_resumable(tmp_path):
   store = _fake_store(tmp_path, indices=range(6))
   assert sorted(store.order(7, 0)) == list(range(6))
-  assert store.order(7, 0) == experts.TrajectoryStore(tmp_path).order(7, 0)
+  assert store.order(7, 0) == store_lib.TrajectoryStore(tmp_path).order(7, 0)
   assert store.order(7, 0) != store.order(7, 1) or store.order(7, 1) != store.order(7, 2)
   assert store.order(7, 0) != store.order(8, 0)
-  it = store.iterate(7)
-  stream = [next(it) for _ in range(20)]
-  assert stream[:6] == store.order(7, 0) and stream[6:12] == store.order(7, 1)
-  resumed = store.iterate(7, start=9)
-  assert [next(resumed) for _ in range(11)] == stream[9:]
-  assert list(store) == store.order(0, 0)
+
+  def stream(place, count):
+    out = []
+    for _ in range(count):
+      index, *place = store.next_in_rotation(7, *place)
+      out.append(index)
+    return out, tuple(place)
+  drawn, place = stream((0, 0), 20)
+  assert drawn == store.order(7, 0) + store.order(7, 1) + store.order(7, 2) + store.order(7, 3)[:2]
+  assert place == (3, 2)
+  assert stream((1, 3), 11)[0] == drawn[9:]  # resumed from the 10th draw
 
 
 def test_corrupt_trajectory_file_is_reported_with_its_path(tmp_path):
@@ -193,8 +199,8 @@ def test_corrupt_trajectory_file_is_reported_with_its_path(tmp_path):
 
 def test_empty_or_missing_store_errors_name_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*--store_dir"):
-    experts.TrajectoryStore(tmp_path)
-  store = experts.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
+    store_lib.TrajectoryStore(tmp_path)
+  store = store_lib.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
   with pytest.raises(errors.MissingDataError, match=f"{tmp_path} has no finished experts"):
     store.order(0, 0)
   with pytest.raises(KeyError, match="no finished experts"):
@@ -202,10 +208,10 @@ def test_empty_or_missing_store_errors_name_the_path(tmp_path):
 
 
 def test_create_or_open_refuses_mismatch(tmp_path):
-  experts.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
-  experts.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
-  with pytest.raises(experts.StoreMismatchError) as error:
-    experts.TrajectoryStore.create_or_open(tmp_path, _fake_fields(dataset="cifar10", model="vgg11"))
+  store_lib.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
+  store_lib.TrajectoryStore.create_or_open(tmp_path, _fake_fields())
+  with pytest.raises(store_lib.StoreMismatchError) as error:
+    store_lib.TrajectoryStore.create_or_open(tmp_path, _fake_fields(dataset="cifar10", model="vgg11"))
   message = str(error.value)
   assert str(tmp_path) in message and "dataset" in message and "model:" in message
   assert "epochs" not in message
@@ -249,9 +255,9 @@ def test_killed_run_leaves_no_finished_partial_expert_and_rerun_completes(tmp_pa
   assert proc.poll() is None, "the run ended before it could be killed"
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  store = experts.TrajectoryStore(store_dir)
+  store = store_lib.TrajectoryStore(store_dir)
   assert store.finished() == [0]
-  assert store.read(0).shape == (3, store.manifest["num_params"])
+  assert store.read(0).shape == (3, store.manifest.num_params)
   with pytest.raises(KeyError):
     store.read(1)
   result = _run_tool(args)
@@ -259,7 +265,7 @@ def test_killed_run_leaves_no_finished_partial_expert_and_rerun_completes(tmp_pa
   assert store.finished() == [0, 1] and "2 finished experts" in result.stdout
   for index in (0, 1):
     trajectory = store.read(index)
-    assert trajectory.shape == (3, store.manifest["num_params"]) and np.all(np.isfinite(trajectory))
+    assert trajectory.shape == (3, store.manifest.num_params) and np.all(np.isfinite(trajectory))
     assert len(store.info(index)["test_accuracy"]) == 2
 
 

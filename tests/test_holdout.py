@@ -4,6 +4,7 @@ random-subset baseline."""
 import numpy as np
 import pytest
 
+from tesla_tf import store as store_lib
 from tesla_tf import evaluate, experts
 from tesla_tf.data import class_index, holdout, sources
 from tesla_tf.distill import loop
@@ -45,7 +46,10 @@ def test_defaults_come_from_the_dataset_and_old_stores_hold_nothing_out():
   assert holdout.for_dataset("fashion_mnist") == holdout.Holdout(5000, 0)
   assert holdout.for_dataset("imagenet64", seed=2) == holdout.Holdout(10000, 2)
   assert holdout.for_dataset("cifar10", size=0).size == 0
-  assert holdout.from_manifest({}) == holdout.Holdout(0)
+  required = ("dataset", "model", "model_kwargs", "num_params", "layout", "preprocessing", "epochs",
+              "lr_teacher")
+  old = store_lib.Manifest.from_dict({"format": store_lib.FORMAT, **{k: 0 for k in required}}, "m.json")
+  assert holdout.Holdout(**old.holdout) == holdout.Holdout(0)
 
 
 def _position_images():
@@ -80,7 +84,7 @@ def test_experts_initialisation_and_baseline_draw_only_from_the_rest(position_da
   split = experts.store_holdout(config)
   _, validation = split.split(_index(position_data[1]))
   store, data = experts.open_store(config)
-  assert store.manifest["holdout"] == {"size": 500, "seed": 1}
+  assert store.manifest.holdout == {"size": 500, "seed": 1}
   trained_on = _positions(np.concatenate([x for x, _ in data.train.batch(1000).as_numpy_iterator()]))
   assert data.num_train == N - 500 and len(np.unique(trained_on)) == N - 500
   assert np.intersect1d(trained_on, validation).size == 0
@@ -92,7 +96,7 @@ def test_experts_initialisation_and_baseline_draw_only_from_the_rest(position_da
                         validation).size == 0
 
   # The distiller's real initialisation (a large IPC makes a chance overlap certain without the split).
-  theta = np.zeros((3, store.manifest["num_params"]), np.float32)
+  theta = np.zeros((3, store.manifest.num_params), np.float32)
   store.write(0, theta, {"seed": 0})
   distiller = loop.Distiller(loop.DistillConfig(dataset="fashion_mnist", store_dir=store.path,
                                                 run_dir=str(tmp_path / "run"), ipc=200, max_start_epoch=1,

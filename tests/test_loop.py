@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tesla_tf import store as store_lib
 from tesla_tf import errors, experts, models
 from tesla_tf.data import preprocess, sources
-from tesla_tf.distill import loop
+from tesla_tf.distill import loop, synthetic
 from tesla_tf.models.flat import FlatModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,7 @@ def make_store(path, dataset, width=8, seed=0, num_experts=2):
   info = sources.get_info(dataset)
   model = models.build("convnet", info.num_classes, info.image_shape, width=width)
   fmodel = FlatModel(model)
-  store = experts.TrajectoryStore.create_or_open(path, {
+  store = store_lib.TrajectoryStore.create_or_open(path, {
       "dataset": dataset, "model": "convnet", "model_kwargs": {"width": width},
       "preprocessing": preprocess.build("normalize", info).to_dict(), "epochs": EPOCHS, "lr_teacher": 0.01,
       "layout": fmodel.layout(), "num_params": fmodel.num_params, "num_classes": info.num_classes,
@@ -197,8 +198,8 @@ def test_sgd_momentum_is_pytorch_sgd(shape):
   rng = np.random.default_rng(0)
   p0, g0, g1 = (rng.normal(size=shape) for _ in range(3))
   variable, buffer = tf.Variable(p0), tf.Variable(np.zeros(shape))
-  loop._sgd_momentum(variable, buffer, tf.constant(g0), 0.1, momentum=0.5)
-  loop._sgd_momentum(variable, buffer, tf.constant(g1), 0.1, momentum=0.5)
+  synthetic.sgd_momentum(variable, buffer, tf.constant(g0), 0.1, momentum=0.5)
+  synthetic.sgd_momentum(variable, buffer, tf.constant(g1), 0.1, momentum=0.5)
   buf = g0                   # PyTorch: the first step's buffer is the gradient
   p1 = p0 - 0.1 * buf
   buf = 0.5 * buf + g1

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from tesla_tf import store as store_lib
 from tesla_tf import experts
 from tesla_tf import models
 from tesla_tf import multi_worker
@@ -105,11 +106,11 @@ def test_both_workers_finish_and_only_the_chief_writes(cluster_run):
 
 
 def test_trajectory_starts_at_init_and_moves(cluster_run):
-  store = experts.TrajectoryStore(cluster_run[0])
+  store = store_lib.TrajectoryStore(cluster_run[0])
   assert store.finished() == [0]
   trajectory, info = store.read(0), store.info(0)
   initial = models.build("convnet", 10, (28, 28, 1), seed=experts.expert_seeds(0, 0)[0], width=8)
-  assert trajectory.shape == (2, FlatModel(initial).num_params) == (2, store.manifest["num_params"])
+  assert trajectory.shape == (2, FlatModel(initial).num_params) == (2, store.manifest.num_params)
   np.testing.assert_array_equal(trajectory[0], FlatModel(initial).get_flat().numpy())
   assert np.all(np.isfinite(trajectory)) and not np.allclose(trajectory[1], trajectory[0])
   assert info["strategy"] == "multi_worker" and info["replicas"] == 2 and info["num_train"] == 256
@@ -124,7 +125,7 @@ def test_two_workers_train_the_single_process_expert(cluster_run, single_process
   to ~0.5 % of the epoch's update at this size (with TF_ENABLE_ONEDNN_OPTS=0 here it is ~4e-6). A real
   fault (a worker training on the other's share, gradients not averaged, lost batches) is tens of %.
   """
-  multi, single = experts.TrajectoryStore(cluster_run[0]), single_process
+  multi, single = store_lib.TrajectoryStore(cluster_run[0]), single_process
   np.testing.assert_array_equal(multi.read(0)[0], single.read(0)[0])
   update_multi, update_single = (s.read(0)[1] - s.read(0)[0] for s in (multi, single))
   assert np.linalg.norm(update_multi - update_single) < 0.02 * np.linalg.norm(update_single)

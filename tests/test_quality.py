@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from tesla_tf import store as store_lib
 from tesla_tf import evaluate, experts
 from tesla_tf.bench import quality
 from tesla_tf.distill import loop
@@ -40,7 +41,7 @@ def test_interrupted_benchmark_resumes_without_redoing_its_first_stage(tmp_path,
     quality.run(config)
   stages = tmp_path / "work" / "stages"
   assert not stages.exists()
-  assert experts.TrajectoryStore(tmp_path / "work" / "experts").finished() == [0]
+  assert store_lib.TrajectoryStore(tmp_path / "work" / "experts").finished() == [0]
 
   def must_not_run(*_):
     raise AssertionError("an expert was trained again")

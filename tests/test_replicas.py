@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent("""
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
     tf.config.experimental.enable_op_determinism()
     import numpy as np
+    from tesla_tf import augment, models
     from tesla_tf.distill import labels as labels_lib, loop, matching, replicas
     from tesla_tf.models.convnet import convnet
     from tesla_tf.models.flat import FlatModel
@@ -46,14 +47,14 @@ SCRIPT = textwrap.dedent("""
     with tf.GradientTape() as tape:  # an expert-like target: a descent step from start, plus noise
       tape.watch(start)
       hard = tf.one_hot(rng.integers(0, 3, n), 3)
-      descent = tape.gradient(matching.soft_cross_entropy(hard, fmodel.apply(start, images)), start)
+      descent = tape.gradient(models.soft_cross_entropy(hard, fmodel.apply(start, images)), start)
     target = start - 0.5 * descent + rng.normal(scale=0.002, size=fmodel.num_params).astype(np.float32)
     soft = labels_lib.teacher_labels(fmodel, target, images)
 
     @tf.function
     def match(mode, reps, seed):
       schedule = matching.make_schedule(n, steps, batch_syn, seed)
-      aug = matching.sample_augmentations("color_crop_cutout_flip_scale_rotate", steps,
+      aug = augment.sample_steps("color_crop_cutout_flip_scale_rotate", steps,
                                           [batch_syn, *shape], seed + 1)
       return matching.matching_gradients(fmodel, start, target, images, soft, tf.constant(0.1), schedule,
                                          mode=mode, augment_params=aug, learn_labels=True, replicas=reps)

@@ -130,7 +130,7 @@ def _speed_child(mode, steps):
   """One (mode, N) measurement in this fresh process; returns the JSON record."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tesla_tf import models  # pylint: disable=g-import-not-at-top
+  from tesla_tf import augment, models  # pylint: disable=g-import-not-at-top
   from tesla_tf.distill import matching  # pylint: disable=g-import-not-at-top
   from tesla_tf.models.flat import FlatModel  # pylint: disable=g-import-not-at-top
 
@@ -149,7 +149,7 @@ def _speed_child(mode, steps):
     schedule = matching.make_schedule(n, steps, FLAGS.batch_syn, seed)
     aug = None
     if strategy != "none":
-      aug = matching.sample_augmentations(strategy, steps, [FLAGS.batch_syn, *shape], seed + 1)
+      aug = augment.sample_steps(strategy, steps, [FLAGS.batch_syn, *shape], seed + 1)
     out = matching.matching_gradients(fmodel, start, target, tf.convert_to_tensor(images), labels, lr,
                                       schedule, mode=mode, augment_params=aug,
                                       jit_compile=FLAGS.jit and mode != "unrolled",
@@ -208,7 +208,7 @@ def _fidelity_child():
   """tesla vs exact image gradients on real expert segments; returns the JSON record."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tesla_tf import models  # pylint: disable=g-import-not-at-top
+  from tesla_tf import augment, models  # pylint: disable=g-import-not-at-top
   from tesla_tf.data import preprocess, sources  # pylint: disable=g-import-not-at-top
   from tesla_tf.distill import matching  # pylint: disable=g-import-not-at-top
   from tesla_tf.models.flat import FlatModel  # pylint: disable=g-import-not-at-top
@@ -233,7 +233,7 @@ def _fidelity_child():
     schedule = matching.make_schedule(n, steps, batch_syn, seed)
     aug = None
     if strategy != "none":
-      aug = matching.sample_augmentations(strategy, steps, [batch_syn, *info.image_shape], seed + 1)
+      aug = augment.sample_steps(strategy, steps, [batch_syn, *info.image_shape], seed + 1)
     return matching.matching_gradients(fmodel, start, target, images, labels, lr, schedule, mode=mode,
                                        augment_params=aug)
 

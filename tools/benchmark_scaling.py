@@ -118,8 +118,9 @@ def _step_child():
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tesla_tf.distill import labels as labels_lib  # pylint: disable=g-import-not-at-top
+  from tesla_tf import augment
   from tesla_tf.distill import matching  # pylint: disable=g-import-not-at-top
-  from tesla_tf.distill.loop import _sgd_momentum  # pylint: disable=g-import-not-at-top
+  from tesla_tf.distill.synthetic import sgd_momentum as _sgd_momentum  # pylint: disable=g-import-not-at-top
 
   mode, steps, batch = FLAGS.child_mode, FLAGS.child_steps, FLAGS.child_batch
   n = FLAGS.child_rows or steps * batch
@@ -137,7 +138,7 @@ def _step_child():
     schedule = matching.make_schedule(n, steps, batch, seed)
     aug = None
     if strategy != "none":
-      aug = matching.sample_augmentations(strategy, steps, [batch, *SHAPE], seed + 1)
+      aug = augment.sample_steps(strategy, steps, [batch, *SHAPE], seed + 1)
     labels = labels_lib.teacher_labels_for_schedule(fmodel, target, images, schedule, hard)
     out = matching.matching_gradients(fmodel, start, target, images.value(), labels, lr, schedule,
                                       mode=mode, augment_params=aug)
@@ -202,12 +203,12 @@ def _expert_child():
 def _store_child():
   """TrajectoryStore write of one [51, P] expert and cold/warm reads of a (t, t + M) pair."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from tesla_tf import experts  # pylint: disable=g-import-not-at-top
+  from tesla_tf import store as store_lib  # pylint: disable=g-import-not-at-top
 
   num_params, epochs = _student().num_params, 50
   trajectory = np.random.default_rng(0).standard_normal((epochs + 1, num_params), dtype=np.float32)
   with tempfile.TemporaryDirectory(dir=tempfile.gettempdir()) as tmp:
-    store = experts.TrajectoryStore.create_or_open(tmp, {"epochs": epochs, "num_params": num_params})
+    store = store_lib.TrajectoryStore.create_or_open(tmp, {"epochs": epochs, "num_params": num_params})
     t0 = time.perf_counter()
     store.write(0, trajectory, {})
     write_s = time.perf_counter() - t0

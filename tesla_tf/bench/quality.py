@@ -26,6 +26,7 @@ from typing import Mapping, Optional
 from absl import logging
 import numpy as np
 
+from tesla_tf import store as store_lib
 from tesla_tf import evaluate, experts
 from tesla_tf.distill import history as history_lib
 from tesla_tf.distill import labels as labels_lib
@@ -172,7 +173,7 @@ def run_record(workdir, name):
     return None
   d = metadata["config"]
   ipc, mode, labels, seed, tag = _RUN_NAME.match(name).groups()
-  store = experts.TrajectoryStore(d["store_dir"])
+  store = store_lib.TrajectoryStore(d["store_dir"])
   distilled, random = final["distilled"]["convnet"], final["random_subset"]["convnet"]
   selected = history["best_on_validation"]["convnet"]
   return {
@@ -191,10 +192,10 @@ def run_record(workdir, name):
                            for e in history["evaluations"]],
       "label_statistics": {tag: scalar_series(os.path.join(run_dir, "tensorboard"), "labels/" + tag)[-1:]
                            for tag in ("entropy", "argmax_is_class")} if d["labels"] != "hard" else None,
-      "budget": {"experts": len(store.finished()), "expert_train_epochs": store.manifest["epochs"],
-                 "width": store.manifest["model_kwargs"].get("width"),
-                 "max_train_examples": store.manifest["max_train_examples"],
-                 "holdout": store.manifest.get("holdout"),
+      "budget": {"experts": len(store.finished()), "expert_train_epochs": store.manifest.epochs,
+                 "width": store.manifest.model_kwargs.get("width"),
+                 "max_train_examples": store.manifest.max_train_examples,
+                 "holdout": store.manifest.holdout,
                  **{k: d[k] for k in ("syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr",
                                       "lr_teacher", "batch_syn", "eval_every", "num_eval", "eval_epochs")}},
       "seconds": {"distill_and_evaluate": stage["seconds"],

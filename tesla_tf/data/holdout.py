@@ -67,11 +67,6 @@ def for_dataset(name, size=None, seed=0):
   return Holdout(size, int(seed))
 
 
-def from_manifest(manifest):
-  """The store's Holdout; stores written before the split existed hold nothing out."""
-  return Holdout(**manifest.get("holdout", {}))
-
-
 def train_index(dataset, data_dir, cache_dir=None):
   """The class index of the whole train split, read from (or saved to) a cache file in `cache_dir`.
 
@@ -90,7 +85,7 @@ def train_index(dataset, data_dir, cache_dir=None):
   if path and os.path.exists(path):
     return class_index_lib.load_class_index(path)
   num_classes = sources.get_info(dataset).num_classes
-  if sources.get_info(dataset).source == "idx":
+  if sources.get_info(dataset).in_memory:
     index = class_index_lib.build_class_index(sources.load_numpy(dataset, "train", data_dir)[1], num_classes)
   else:
     index = class_index_lib.class_index_from_dataset(sources.load(dataset, "train", data_dir), num_classes)

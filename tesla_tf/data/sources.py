@@ -81,6 +81,11 @@ class DatasetInfo:
   how_to_get: str = ""
   validation_size: int = 5000
 
+  @property
+  def in_memory(self):
+    """True when the loader reads the whole split into numpy arrays (`load_numpy` is free)."""
+    return self.source == "idx"
+
 
 DATASETS = {
     "fashion_mnist": DatasetInfo(

@@ -19,15 +19,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tesla_tf import errors, evaluate, experts, files, models, summaries
-from tesla_tf.data import class_index, distilled, holdout, preprocess, sources
+from tesla_tf import augment, errors, evaluate, files, summaries
+from tesla_tf import store as store_lib
+from tesla_tf.data import class_index, distilled, holdout, sources
 from tesla_tf.distill import history
 from tesla_tf.distill import labels as labels_lib
 from tesla_tf.distill import matching
 from tesla_tf.distill import run_dir as run_dir_lib
 from tesla_tf.distill import replicas as replicas_lib
-from tesla_tf.distill.synthetic import DistilledSet
-from tesla_tf.models.flat import FlatModel
+from tesla_tf.distill.synthetic import sgd_momentum
 
 LABEL_MODES = ("hard", "teacher", "learned")
 PIX_INITS = ("real", "noise")
@@ -75,19 +75,6 @@ class DistillConfig:
 DivergenceError = errors.DivergenceError  # the loss, α or the images left finite, sane values
 
 
-def _sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
-  """PyTorch SGD (the published lr_img/lr_lr assume it): buf = m·buf + g; p −= lr·buf.
-
-  One in-place kernel: written as `buffer.assign(m * buffer + g)` and `variable.assign_sub(lr * buffer)`
-  it made full-size temporaries, one more copy of the synthetic set at the peak (−1.0 GB at 20,000
-  images of 64×64, docs/scaling.md).
-  """
-  def as_dtype(value):  # Python numbers straight to the variable's dtype (not through float32)
-    return tf.cast(tf.convert_to_tensor(value, dtype_hint=variable.dtype), variable.dtype)
-  tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=buffer.handle, lr=as_dtype(lr),
-                                   grad=as_dtype(grad), momentum=as_dtype(momentum))
-
-
 class Distiller:
   """The learnable set, its optimiser state and the compiled iteration, all checkpointable."""
 
@@ -100,28 +87,14 @@ class Distiller:
     self.teacher_how = labels_lib.TeacherLabels(config.label_temperature, config.label_mix)
     if config.labels != "teacher" and self.teacher_how != labels_lib.TeacherLabels():
       raise errors.UsageError("--label_temperature and --label_mix shape teacher labels; they need --labels=teacher.")
-    self.store = experts.TrajectoryStore(config.store_dir)
+    self.store = store_lib.TrajectoryStore(config.store_dir)
     manifest = self.store.manifest
-    if manifest["dataset"] != config.dataset:
-      raise errors.IncompatibleRunError(f"--store_dir={config.store_dir} holds experts of {manifest['dataset']!r}, "
-                       f"not of --dataset={config.dataset!r}.")
     self.info = sources.get_info(config.dataset)
-    needed = config.max_start_epoch + config.expert_epochs
-    if needed > manifest["epochs"]:
-      raise errors.UsageError(f"--max_start_epoch + --expert_epochs = {needed} exceeds the experts' "
-                       f"{manifest['epochs']} epochs in {config.store_dir}.")
-    self.experts = self.store.finished()
-    if not self.experts:
-      raise errors.MissingDataError(f"--store_dir={config.store_dir} has no finished expert; run "
-                                    "tools/train_experts.py.")
-    self.store.verify(self.experts)
-    self.preprocessor = preprocess.from_dict(manifest["preprocessing"], config.store_dir)
-    self.holdout = holdout.from_manifest(manifest)
-    self.model_spec = {"name": manifest["model"], **manifest.get("model_kwargs", {})}
-    model = models.build(manifest["model"], self.info.num_classes, self.info.image_shape,
-                         **manifest.get("model_kwargs", {}))
-    self.fmodel = FlatModel(model)
-    self.store.check_compatible({"layout": self.fmodel.layout()})
+    self.experts = self.store.compatible_with(config.dataset, config.max_start_epoch + config.expert_epochs)
+    self.preprocessor = self.store.preprocessor()
+    self.holdout = self.store.holdout()
+    self.model_spec = manifest.model_spec
+    self.fmodel = self.store.build_model()
 
     num_classes, n = self.info.num_classes, self.info.num_classes * config.ipc
     self.batch_syn = config.batch_syn or n
@@ -135,7 +108,7 @@ class Distiller:
     self.initial_rms = float(tf.sqrt(tf.reduce_mean(tf.square(initial))))
     self.images = tf.Variable(initial, name="images")
     self.images_buf = tf.Variable(tf.zeros_like(self.images), name="images_momentum")
-    alpha0 = config.lr_teacher if config.lr_teacher is not None else manifest["lr_teacher"]
+    alpha0 = config.lr_teacher if config.lr_teacher is not None else manifest.lr_teacher
     if not alpha0 > 0:
       raise errors.UsageError(f"--lr_teacher={alpha0}: the initial step size α must be > 0.")
     self.syn_lr = tf.Variable(float(alpha0), dtype=tf.float32, name="syn_lr")
@@ -206,22 +179,24 @@ class Distiller:
     schedule = matching.make_schedule(n, c.syn_steps, self.batch_syn, seeds[0])
     aug = None
     if c.dsa_strategy != "none":
-      aug = matching.sample_augmentations(c.dsa_strategy, c.syn_steps,
+      aug = augment.sample_steps(c.dsa_strategy, c.syn_steps,
                                           [self.batch_syn] + list(self.images.shape[1:]), seeds[1])
     with tf.GradientTape() as tape:
       labels = self._labels(target, schedule)
     result = matching.matching_gradients(
         self.fmodel, start, target, self.images.value(), labels, self.syn_lr.value(), schedule,
         mode=c.mode, augment_params=aug, learn_labels=c.labels == "learned",
-        halve_tesla_image_grad=c.halve_tesla_image_grad, replicas=self.replicas, row_chunks=c.row_chunks)
-    _sgd_momentum(self.images, self.images_buf, result.images_grad, c.lr_img)
-    _sgd_momentum(self.syn_lr, self.syn_lr_buf, result.lr_grad, c.lr_lr)
+        replicas=self.replicas, row_chunks=c.row_chunks)
+    if c.halve_tesla_image_grad:
+      result = matching.as_public_tesla(result)
+    sgd_momentum(self.images, self.images_buf, result.images_grad, c.lr_img)
+    sgd_momentum(self.syn_lr, self.syn_lr_buf, result.lr_grad, c.lr_lr)
     metrics = {"loss/matching": result.loss, "syn_lr": self.syn_lr.value(),
                "grad_norm/images": tf.norm(result.images_grad), "grad/syn_lr": result.lr_grad,
                "images/rms": tf.sqrt(tf.reduce_mean(tf.square(self.images)))}
     if c.labels == "learned":
       logits_grad = tape.gradient(labels, self.label_logits, output_gradients=result.labels_grad)
-      _sgd_momentum(self.label_logits, self.label_buf, logits_grad, c.lr_labels)
+      sgd_momentum(self.label_logits, self.label_buf, logits_grad, c.lr_labels)
       metrics["grad_norm/labels"] = tf.norm(logits_grad)
     if c.labels != "hard":
       metrics.update(labels_lib.statistics(labels, self.hard, tf.unique(tf.reshape(schedule, [-1]))[0]))
@@ -256,7 +231,7 @@ class Distiller:
       label_rows = tf.nn.softmax(self.label_logits)
     else:
       label_rows = self.hard
-    return DistilledSet(
+    return distilled.DistilledSet(
         images=self.images.numpy(), labels=np.asarray(label_rows, np.float32),
         lr=float(self.syn_lr.numpy()), dataset=self.config.dataset, ipc=self.config.ipc,
         preprocessing=self.preprocessor.to_dict(), model=self.model_spec,
@@ -385,8 +360,8 @@ def distill(config):
     raise errors.UsageError(f"--run_dir={config.run_dir!r}: expected a directory (new or of an earlier run).")
   os.makedirs(config.run_dir, exist_ok=True)
   with run_dir_lib.Lock(config.run_dir):
-    store = experts.TrajectoryStore(config.store_dir)
-    record = run_record(config, {"name": store.manifest.get("model"), **store.manifest.get("model_kwargs", {})})
+    store = store_lib.TrajectoryStore(config.store_dir)
+    record = run_record(config, store.manifest.model_spec)
     run_dir_lib.check_resume(config.run_dir, record)
     distiller = Distiller(config)
     run_dir_lib.write_record(config.run_dir, record, config.flags_text)

@@ -27,17 +27,13 @@ import collections
 
 import tensorflow as tf
 
-from tesla_tf import errors
 from tesla_tf import augment
+from tesla_tf import errors
+from tesla_tf import models
 
 MODES = ("unrolled", "tesla", "exact")
 
 MatchResult = collections.namedtuple("MatchResult", ["loss", "images_grad", "lr_grad", "labels_grad"])
-
-
-def soft_cross_entropy(labels, logits):
-  """Batch mean of −Σ_c y_c log softmax(z)_c; written with log_softmax so it is smooth to any order."""
-  return -tf.reduce_mean(tf.reduce_sum(labels * tf.nn.log_softmax(logits), axis=-1))
 
 
 def make_schedule(num_rows, syn_steps, batch_syn, seed):
@@ -61,16 +57,6 @@ def make_schedule(num_rows, syn_steps, batch_syn, seed):
   keys = tf.random.stateless_uniform([num_perms, num_rows], seed=seed)
   perms = tf.cast(tf.argsort(keys, axis=1), tf.int32)[:, :per_perm * batch_syn]
   return tf.reshape(perms, [num_perms * per_perm, batch_syn])[:syn_steps]
-
-
-def sample_augmentations(strategy, syn_steps, batch_shape, seed):
-  """DSA parameters of every student step, stacked on a leading [N] axis (one fresh draw per step)."""
-  seeds = tf.random.experimental.stateless_split(seed, syn_steps)
-  # One traced draw mapped over the N seeds, not N traced draws: a Python loop put N copies of the
-  # sampling ops in the graph, ~6.6 MB of RSS per step (0.53 GB at N = 80, docs/benchmarks.md).
-  spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
-                               augment.sample(strategy, batch_shape, seeds[0]))
-  return tf.map_fn(lambda s: augment.sample(strategy, batch_shape, s), seeds, fn_output_signature=spec)
 
 
 def share_of_rows(structure, index, parts):
@@ -102,8 +88,7 @@ def check_options(mode, batch_syn, replicated=False, row_chunks=1):
 
 
 def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, mode, augment_params=None,
-                       learn_labels=False, halve_tesla_image_grad=False, jit_compile=False, replicas=None,
-                       row_chunks=1):
+                       learn_labels=False, jit_compile=False, replicas=None, row_chunks=1):
   """The matching loss L and its gradients w.r.t. the synthetic images, α and (optionally) the labels.
 
   Args:
@@ -113,10 +98,8 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
     lr: α, scalar.
     schedule: int32 [N, batch_syn] row indices of each step (`make_schedule`).
     mode: "unrolled", "tesla" or "exact".
-    augment_params: DSA parameters stacked on [N] (`sample_augmentations`), or None for no DSA.
+    augment_params: DSA parameters stacked on [N] (`augment.sample_steps`), or None for no DSA.
     learn_labels: also return ∂L/∂Ỹ.
-    halve_tesla_image_grad: tesla mode only — halve the image gradient as the public TESLA code does
-      (it multiplies a tuple by 2, repeating it instead of doubling the gradient). For comparisons only.
     jit_compile: tesla/exact only — compile each step (pass 1's SGD step, pass 2's double-backward) with
       XLA. On TF 2.21 CPU it lowers peak RSS by ~0.5 GB for ConvNet-3 at batch 100 but is no faster (exact
       ~13 % slower, docs/benchmarks.md); off by default.
@@ -151,7 +134,7 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
       x = augment.apply(x, aug)
     with tf.GradientTape() as tape:
       tape.watch(theta)
-      loss = soft_cross_entropy(y, fmodel.apply(theta, x))
+      loss = models.soft_cross_entropy(y, fmodel.apply(theta, x))
     return tape.gradient(loss, theta)
 
   if mode == "unrolled":
@@ -252,8 +235,6 @@ def matching_gradients(fmodel, start, target, images, labels, lr, schedule, *, m
     state = (last, adjoint) + state
   _, _, images_grad, lr_grad, labels_grad = tf.while_loop(
       lambda i, *_: i >= 0, backward, state, parallel_iterations=1)
-  if mode == "tesla" and halve_tesla_image_grad:
-    images_grad = 0.5 * images_grad
   return MatchResult(loss, images_grad, lr_grad, labels_grad if learn_labels else None)
 
 
@@ -287,3 +268,9 @@ def _unrolled(start, target, images, labels, lr, schedule, start_dist, batch, st
       loss, [images, lr, labels], unconnected_gradients=tf.UnconnectedGradients.ZERO)
   return MatchResult(loss, tf.convert_to_tensor(images_grad), lr_grad,
                      tf.convert_to_tensor(labels_grad) if learn_labels else None)
+
+
+def as_public_tesla(result):
+  """`result` with the image gradient halved as the public TESLA code has it (it multiplies a tuple by 2,
+  repeating the tuple instead of doubling the gradient). For comparisons with that code only."""
+  return result._replace(images_grad=0.5 * result.images_grad)

@@ -1,43 +1,55 @@
-"""The synthetic set: what is learned (images, α, optionally labels) and what is delivered."""
+"""The learnable synthetic set: images X̃, the step size α (and, with learned labels, the label logits),
+each with its SGD momentum buffer, updated as PyTorch SGD updates them (the published lr_img and lr_lr
+assume it)."""
 
-import dataclasses
-
-import numpy as np
+import tensorflow as tf
 
 
-@dataclasses.dataclass
-class DistilledSet:
-  """A distilled data set as delivered: everything needed to train on it elsewhere.
+def sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
+  """PyTorch SGD: buf = m·buf + g; p −= lr·buf.
+
+  One in-place kernel: written as `buffer.assign(m * buffer + g)` and `variable.assign_sub(lr * buffer)`
+  it made full-size temporaries, one more copy of the synthetic set at the peak (−1.0 GB at 20,000
+  images of 64×64, docs/scaling.md).
+  """
+  def as_dtype(value):  # Python numbers straight to the variable's dtype (not through float32)
+    return tf.cast(tf.convert_to_tensor(value, dtype_hint=variable.dtype), variable.dtype)
+  tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=buffer.handle, lr=as_dtype(lr),
+                                   grad=as_dtype(grad), momentum=as_dtype(momentum))
+
+
+class Learnable:
+  """A variable and its momentum buffer."""
+
+  def __init__(self, initial, name, dtype=None):
+    self.value = tf.Variable(initial, dtype=dtype, name=name)
+    self.momentum = tf.Variable(tf.zeros_like(self.value), name=f"{name}_momentum")
+
+  def step(self, grad, lr):
+    sgd_momentum(self.value, self.momentum, grad, lr)
+
+
+class SyntheticSet:
+  """X̃ and α of a run (label state lives with the label source, distill/labels.py).
 
   Attributes:
-    images: float32 [n, h, w, c] in the experts' model space (normalised or ZCA-whitened), class-sorted.
-    labels: float32 [n, C] probability rows (one-hot for hard labels).
-    lr: the learned step size α (the evaluation learning rate).
-    dataset: name in tesla_tf.data.sources.DATASETS.
-    ipc: images per class.
-    preprocessing: the preprocessor's `to_dict()` (how to map pixels to model space and back).
-    model: {"name": ..., plus builder kwargs} of the distillation architecture.
-    config: the effective settings of the run that made it (flags), for provenance.
-    holdout: the validation split held out of the train set ({"size", "seed"}, data/holdout.py), which
-      evaluation measures on and keeps out of the random-subset baseline; {} = none.
+    images: Learnable [n, h, w, c] in the experts' model space, class-sorted.
+    syn_lr: Learnable scalar α, the student's step size.
   """
-  images: np.ndarray
-  labels: np.ndarray
-  lr: float
-  dataset: str
-  ipc: int
-  preprocessing: dict
-  model: dict
-  config: dict = dataclasses.field(default_factory=dict)
-  holdout: dict = dataclasses.field(default_factory=dict)
 
-  @property
-  def hard_labels(self):
-    """int32 [n]: the argmax class of every row (the class an image was initialised from)."""
-    return np.argmax(self.labels, axis=1).astype(np.int32)
+  def __init__(self, images, syn_lr):
+    self.images = Learnable(images, "images")
+    self.syn_lr = Learnable(float(syn_lr), "syn_lr", dtype=tf.float32)
 
-  @property
-  def soft(self):
-    """True when the labels are not one-hot."""
-    return not np.array_equal(self.labels, np.eye(self.labels.shape[1], dtype=self.labels.dtype)[
-        self.hard_labels])
+  def step(self, images_grad, lr_img, syn_lr_grad, lr_lr):
+    self.images.step(images_grad, lr_img)
+    self.syn_lr.step(syn_lr_grad, lr_lr)
+
+  def rms(self):
+    """The images' root mean square (model space)."""
+    return tf.sqrt(tf.reduce_mean(tf.square(self.images.value)))
+
+  def checkpoint_dict(self):
+    """The variables under the checkpoint keys every run since the first release has used."""
+    return dict(images=self.images.value, images_buf=self.images.momentum, syn_lr=self.syn_lr.value,
+                syn_lr_buf=self.syn_lr.momentum)

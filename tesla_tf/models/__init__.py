@@ -2,6 +2,8 @@
 
 import functools
 
+import tensorflow as tf
+
 from tesla_tf import errors
 from tesla_tf.models import classic
 from tesla_tf.models.convnet import convnet
@@ -38,3 +40,8 @@ def build(name, num_classes, image_shape, seed=0, **kwargs):
   flat = FlatModel(model)
   flat.set_flat(flat.initial_flat(seed))
   return model
+
+
+def soft_cross_entropy(labels, logits):
+  """Batch mean of −Σ_c y_c log softmax(z)_c; written with log_softmax so it is smooth to any order."""
+  return -tf.reduce_mean(tf.reduce_sum(labels * tf.nn.log_softmax(logits), axis=-1))
