@@ -19,13 +19,16 @@ REQUIREMENTS ?= $(if $(HAS_GPU),requirements.txt,requirements-cpu.txt)
 # One stamp per requirements file: pip runs again only when that file is newer than the stamp.
 STAMP := $(VENV)/.installed-$(basename $(notdir $(REQUIREMENTS)))
 
-.PHONY: help venv test demo bench bench-quality clean distclean
+.PHONY: help venv test demo bench bench-quality bench-scaling bench-experts bench-jit bench-test clean distclean
 
 help:
 	@echo "make test    run the test suite (pytest -q tests); PYTEST_ARGS='...' adds arguments"
 	@echo "make demo    run tools/demo.py; ARGS='...' adds flags"
 	@echo "make bench   run tools/benchmark.py; ARGS='...' adds flags"
 	@echo "make bench-quality  run tools/benchmark_quality.py (resumable; cache in ~/.cache/tesla_tf/quality)"
+	@echo "make bench-scaling  run tools/benchmark_scaling.py (resumable; docs/scaling_results.json)"
+	@echo "make bench-experts  run tools/benchmark_experts.py; make bench-jit  run tools/benchmark_jit.py"
+	@echo "make bench-test     the benchmarks' smoke tests (tests/test_bench.py, tests/test_quality.py)"
 	@echo "make venv    create/update $(VENV) from $(REQUIREMENTS)$(if $(HAS_GPU), (GPU found), (no GPU))"
 	@echo "make clean   remove caches and demo output; make distclean also removes $(VENV)"
 
@@ -66,6 +69,18 @@ bench: $(STAMP)
 
 bench-quality: $(STAMP)
 	$(PY) tools/benchmark_quality.py $(ARGS)
+
+bench-scaling: $(STAMP)
+	$(PY) tools/benchmark_scaling.py $(ARGS)
+
+bench-experts: $(STAMP)
+	$(PY) tools/benchmark_experts.py $(ARGS)
+
+bench-jit: $(STAMP)
+	$(PY) tools/benchmark_jit.py $(ARGS)
+
+bench-test: $(STAMP)
+	$(PY) -m pytest -q tests/test_bench.py tests/test_quality.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .pytest_cache demo_run

@@ -34,3 +34,8 @@ class IncompatibleRunError(TeslaError, ValueError):
 
 class DivergenceError(TeslaError, RuntimeError):
   pass
+
+
+# Marks the message of a bad file found inside a tf.data pipeline (data/sources.py asserts it, cli.py finds
+# it in TF's error text).
+DATA_ERROR = "tesla_tf data error:"

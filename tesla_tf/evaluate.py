@@ -33,6 +33,7 @@ from tesla_tf import errors
 from tesla_tf import augment
 from tesla_tf import files
 from tesla_tf import models
+from tesla_tf.data import class_index
 from tesla_tf.data import distilled
 from tesla_tf.data import holdout
 from tesla_tf.data import sources
@@ -52,7 +53,7 @@ class EvalConfig:
     batch_size: minibatch size (the whole set when it is smaller).
     momentum: SGD momentum.
     weight_decay: L2 weight decay, added to the gradient as in PyTorch.
-    augment_strategy: DSA families joined by "_" (augment.STRATEGY), or "none".
+    dsa_strategy: DSA families joined by "_" (augment.STRATEGY), or "none".
     reset_momentum_at_decay: zero the momentum buffer when the lr decays (as the public code).
     seed: first seed.
     lr: learning rate; None = the set's learned α.
@@ -69,7 +70,7 @@ class EvalConfig:
   batch_size: int = 256
   momentum: float = 0.9
   weight_decay: float = 5e-4
-  augment_strategy: str = augment.STRATEGY
+  dsa_strategy: str = augment.STRATEGY
   reset_momentum_at_decay: bool = True
   seed: int = 0
   lr: Optional[float] = None
@@ -86,7 +87,7 @@ class EvalConfig:
         raise errors.UsageError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}.")
     if self.lr is not None and not self.lr > 0:
       raise errors.UsageError(f"EvalConfig.lr must be > 0 (or None for the learned α), got {self.lr}.")
-    augment.parse_strategy(self.augment_strategy)
+    augment.parse_strategy(self.dsa_strategy)
     for name in self.models:
       if name.lower() not in models.ARCHITECTURES:
         raise errors.UsageError(f"Unknown model {name!r}; expected one of {sorted(models.ARCHITECTURES)}.")
@@ -116,7 +117,8 @@ class Trainer:
   rows, as PyTorch's last partial batch), DSA per minibatch from a stateless stream, and the SGD update.
   """
 
-  def __init__(self, model_name, model_kwargs, num_classes, image_shape, num_train, config):
+  def __init__(self, model_name, model_kwargs, num_classes, image_shape, num_train, config, jit_compile=False):
+    """jit_compile: compile each epoch with XLA (tools/benchmark_jit.py measures it; off by default)."""
     self.config = config
     self.model = models.build(model_name, num_classes, tuple(image_shape), seed=0, **model_kwargs)
     self.flat = models.FlatModel(self.model)
@@ -127,7 +129,7 @@ class Trainer:
     self.steps = math.ceil(self.num_train / self.batch)
     self.image_shape = tuple(image_shape)
     self.trace_count = 0
-    self._epoch = tf.function(self._epoch_fn)
+    self._epoch = tf.function(self._epoch_fn, jit_compile=jit_compile)
     self._predict = tf.function(
         lambda x: tf.argmax(self.model(x, training=False), axis=-1, output_type=tf.int32),
         input_signature=[tf.TensorSpec([None, *self.image_shape], tf.float32)])
@@ -154,9 +156,9 @@ class Trainer:
     cfg = self.config
     for i in tf.range(steps):
       x, y, w = tf.gather(images, order[i]), tf.gather(labels, order[i]), mask[i]
-      if cfg.augment_strategy != "none":
+      if cfg.dsa_strategy != "none":
         step_seed = tf.random.experimental.stateless_fold_in(aug_seed, tf.cast(i, tf.int64))
-        x = augment.apply(x, augment.sample(cfg.augment_strategy, [b, *self.image_shape], step_seed))
+        x = augment.apply(x, augment.sample(cfg.dsa_strategy, [b, *self.image_shape], step_seed))
       with tf.GradientTape() as tape:
         logits = self.model(x, training=True)
         # Masked rows weigh 0; rescaling keeps the mean over the real rows of a padded batch.
@@ -233,32 +235,6 @@ def _batches(data, preprocessor, batch_size):
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def train_and_test(train_images, train_labels, test_images, test_labels, model_name, model_kwargs, lr,
-                   config, seed):
-  """Trains one fresh network on (train_images, train_labels) and tests it (REFERENCE §7).
-
-  Args:
-    train_images: float32 [n, h, w, c] in model space.
-    train_labels: float32 [n, C] probability rows (one-hot for hard labels).
-    test_images: [m, h, w, c] float32 in model space.
-    test_labels: int [m].
-    model_name: a key of models.ARCHITECTURES.
-    model_kwargs: builder options (e.g. {"width": 8}).
-    lr: learning rate.
-    config: EvalConfig (epochs, batch size, momentum, weight decay, DSA, ...).
-    seed: seed of the initial weights, the batch order and the augmentation.
-
-  Returns:
-    The dict of Trainer.fit: "test_accuracy" (final epoch), "train_loss", "train_accuracy", "curve", ...
-  """
-  train_labels = np.asarray(train_labels, np.float32)
-  trainer = Trainer(model_name, dict(model_kwargs or {}), train_labels.shape[1], np.shape(train_images)[1:],
-                    len(train_labels), config)
-  test = _batches((np.asarray(test_images, np.float32), np.asarray(test_labels)), None,
-                  config.test_batch_size)
-  return trainer.fit(train_images, train_labels, lr, seed, test, tag=f"[{model_name} seed {seed}]")
-
-
 def _model_kwargs(distilled_set, arch, config):
   """The set's own builder options for its own architecture, then config.model_kwargs[arch]."""
   own = {k: v for k, v in distilled_set.model.items() if k != "name"}
@@ -276,13 +252,13 @@ def _default_real(dataset, split, data_dir):
 def take(pool, positions):
   """The examples (images, labels) at `positions` of a pool of arrays or a dataset."""
   if isinstance(pool, tf.data.Dataset):
-    return sources.take_positions(pool, positions)
+    return class_index.take_positions(pool, positions)
   return np.asarray(pool[0])[positions], np.asarray(pool[1])[positions]
 
 
 def random_subset(pool, index, ipc, seed):
   """`ipc` random real examples per class (class-sorted), seeded; pool is arrays or a dataset."""
-  return take(pool, sources.sample_per_class(index, ipc, seed))
+  return take(pool, class_index.sample_per_class(index, ipc, seed))
 
 
 def _summary(runs):
@@ -344,8 +320,8 @@ def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=No
   if config.baseline or (split.size and validation_data is None):
     pool = train_data if train_data is not None else _default_real(
         distilled_set.dataset, "train", config.data_dir)
-    index = (sources.class_index_from_dataset(pool, num_classes) if isinstance(pool, tf.data.Dataset)
-             else sources.build_class_index(np.asarray(pool[1]), num_classes))
+    index = (class_index.class_index_from_dataset(pool, num_classes) if isinstance(pool, tf.data.Dataset)
+             else class_index.build_class_index(np.asarray(pool[1]), num_classes))
     index, validation_positions = split.split(index)
     if split.size and validation_data is None:
       validation_data = take(pool, validation_positions)
@@ -434,18 +410,9 @@ def format_summary(results):
   return "\n".join(lines)
 
 
-def load_for_eval(path, preprocessing_dir=None):
-  """Reads the set to evaluate from a run directory, an export directory or an .npz.
-
-  Returns:
-    (DistilledSet, preprocessor): the preprocessor is needed to map the real test set (ZCA matrices
-    cannot be rebuilt from the set's dict alone).
-  """
-  return distilled.load_any(path, preprocessing_dir)
-
-
 def evaluate_path(path, config, *, out_path=None, logdir=None):
-  """load_for_eval(path) then evaluate_distilled; the entry point of tools/evaluate.py."""
-  distilled_set, prep = load_for_eval(path)
+  """Reads the set at `path` (an export directory or a run directory, distilled.load_any) with its
+  preprocessor (needed for the real test set: ZCA matrices are not in the set's dict) and runs
+  evaluate_distilled; the entry point of tools/evaluate.py."""
+  distilled_set, prep = distilled.load_any(path)
   return evaluate_distilled(distilled_set, config, preprocessor=prep, out_path=out_path, logdir=logdir)
-

@@ -2,8 +2,16 @@
 
 An expert is a network trained on real data with plain SGD; its trajectory is the [E+1, P] float32 array
 of its flat parameters (`FlatModel.get_flat`) at initialisation and after every epoch. `train_experts`
-trains experts `expert_start .. expert_start + num_experts - 1` with `keras.Model.fit` and a
-`TrajectoryRecorder` callback, and writes each one into a `TrajectoryStore`.
+trains experts `expert_start .. expert_start + num_experts - 1` and writes each one into a
+`TrajectoryStore`.
+
+The training loop is the project's own (`TrainStep`), not `keras.Model.fit`: one `tf.function` step run
+with `strategy.run` under any tf.distribute strategy (the default one, MirroredStrategy,
+MultiWorkerMirroredStrategy). Keras 3 `fit` does not run under MultiWorkerMirroredStrategy
+(keras-team/keras#20585); this loop needs no private Keras module for it. A step computes what a `fit`
+step computed, bitwise (cross-entropy from logits averaged over the batch, plain SGD). Epoch e reads the
+train pipeline's e-th pass; `fit` drew one spare pass after every epoch, so from epoch 2 on its
+trajectories differ from these in which shuffles and augmentations each epoch saw.
 
 The store itself (layout, manifest, reads) is tesla_tf/store.py.
 
@@ -14,6 +22,7 @@ the chief alone writes the store.
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import socket
 import tempfile
@@ -25,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tesla_tf import augment
+from tesla_tf import errors
 from tesla_tf import files
 from tesla_tf import models
 from tesla_tf import multi_worker
@@ -54,14 +64,14 @@ class ExpertConfig:
     epochs: E, training epochs per expert.
     lr_teacher: SGD learning rate (momentum 0, no weight decay).
     batch_size: train batch size.
-    augment_strategy: DSA strategy or "none".
+    dsa_strategy: DSA strategy or "none".
     seed: base seed; expert i's init and data seeds derive from (seed, i).
     data_service: tf.data service dispatcher "grpc://host:port", or None to read data here.
     max_train_examples: use a seeded random subset of the train set of this size (None = all).
     validation_size: train examples held out of expert training for validation (data/holdout.py; None =
       the dataset's default, 0 = none); the store records the split for distillation and evaluation.
     max_test_examples: evaluate on a seeded random subset of the test set of this size (None = all).
-    verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+    verbose: 0 silent; above 0 one log line per epoch (train loss and accuracy, test accuracy, seconds).
     strategy: a key of STRATEGIES: "none" (this process alone) or "multi_worker" (one expert trained by
       the workers of TF_CONFIG; batch_size is the global batch).
   """
@@ -76,7 +86,7 @@ class ExpertConfig:
   epochs: int = 50
   lr_teacher: float = 0.01
   batch_size: int = 256
-  augment_strategy: str = augment.STRATEGY
+  dsa_strategy: str = augment.STRATEGY
   seed: int = 0
   data_service: str | None = None
   max_train_examples: int | None = None
@@ -90,61 +100,34 @@ class ExpertConfig:
     object.__setattr__(self, "model_kwargs", tuple(sorted(dict(kwargs).items())))
     sources.get_info(self.dataset)
     if self.model.lower() not in models.ARCHITECTURES:
-      raise ValueError(f"Unknown model {self.model!r} (--model); expected one of "
-                       f"{sorted(models.ARCHITECTURES)}.")
+      raise errors.UsageError(f"Unknown model {self.model!r} (--model); expected one of "
+                              f"{sorted(models.ARCHITECTURES)}.")
     if self.preprocessing not in preprocess.PREPROCESSORS:
-      raise ValueError(f"Unknown preprocessing {self.preprocessing!r} (--preprocessing); expected one "
-                       f"of {sorted(preprocess.PREPROCESSORS)}.")
-    augment.parse_strategy(self.augment_strategy)
+      raise errors.UsageError(f"Unknown preprocessing {self.preprocessing!r} (--preprocessing); "
+                              f"expected one of {sorted(preprocess.PREPROCESSORS)}.")
+    augment.parse_strategy(self.dsa_strategy)
     if self.strategy not in multi_worker.STRATEGIES:
-      raise ValueError(f"Unknown strategy {self.strategy!r} (--strategy); expected one of "
-                       f"{sorted(multi_worker.STRATEGIES)}.")
+      raise errors.UsageError(f"Unknown strategy {self.strategy!r} (--strategy); expected one of "
+                              f"{sorted(multi_worker.STRATEGIES)}.")
     if self.strategy == "multi_worker" and self.data_service is not None:
-      raise ValueError("--strategy=multi_worker reads its input locally on every worker; it does not "
-                       "combine with --data_service.")
+      raise errors.UsageError("--strategy=multi_worker reads its input locally on every worker; it does "
+                              "not combine with --data_service.")
     for name, low in (("num_experts", 1), ("expert_start", 0), ("epochs", 1), ("batch_size", 1)):
       if getattr(self, name) < low:
-        raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}.")
+        raise errors.UsageError(f"{name} must be >= {low}, got {getattr(self, name)}.")
     if not self.lr_teacher > 0:
-      raise ValueError(f"lr_teacher must be > 0, got {self.lr_teacher}.")
+      raise errors.UsageError(f"lr_teacher must be > 0, got {self.lr_teacher}.")
     if self.max_test_examples is not None and self.max_test_examples < 1:
-      raise ValueError(f"max_test_examples must be >= 1, got {self.max_test_examples}.")
+      raise errors.UsageError(f"max_test_examples must be >= 1, got {self.max_test_examples}.")
     if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
-      raise ValueError(f"max_train_examples={self.max_train_examples} is smaller than one batch "
-                       f"(batch_size={self.batch_size}).")
+      raise errors.UsageError(f"max_train_examples={self.max_train_examples} is smaller than one batch "
+                              f"(batch_size={self.batch_size}).")
 
 
 def expert_seeds(seed, index):
   """(init seed, data seed) of expert `index`: a pure function of (seed, index)."""
   init_seed, data_seed = np.random.SeedSequence([int(seed), int(index)]).generate_state(2)
   return int(init_seed), int(data_seed)
-
-
-class TrajectoryRecorder(keras.callbacks.Callback):
-  """Records the flat parameters at the start of training (epoch 0) and after every epoch.
-
-  Attributes:
-    snapshots: list of float32 [P] numpy arrays.
-  """
-
-  def __init__(self, flat_model):
-    super().__init__()
-    self.flat_model = flat_model
-    self.snapshots = []
-
-  def _record(self):
-    self.snapshots.append(self.flat_model.get_flat().numpy().astype(np.float32))
-
-  def on_train_begin(self, logs=None):
-    self.snapshots = []
-    self._record()
-
-  def on_epoch_end(self, epoch, logs=None):
-    self._record()
-
-  def trajectory(self):
-    """float32 [E+1, P]."""
-    return np.stack(self.snapshots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +238,7 @@ def manifest_fields(config, flat_model, preprocessor):
           "num_params": flat_model.num_params, "layout": flat_model.layout(),
           "preprocessing": preprocessor.to_dict(), "epochs": config.epochs,
           "lr_teacher": config.lr_teacher, "momentum": 0.0, "batch_size": config.batch_size,
-          "augment_strategy": config.augment_strategy, "seed": config.seed,
+          "dsa_strategy": config.dsa_strategy, "seed": config.seed,
           "max_train_examples": config.max_train_examples, "holdout": store_holdout(config).to_dict()}
 
 
@@ -270,12 +253,23 @@ def open_store(config):
   preprocessor = _store_preprocessor(config, info, train_images)
   probe = FlatModel(models.build(config.model, info.num_classes, info.image_shape,
                                  **dict(config.model_kwargs)))
-  store = store_lib.TrajectoryStore.create_or_open(config.store_dir, manifest_fields(config, probe, preprocessor))
+  store = store_lib.TrajectoryStore.create_or_open(config.store_dir,
+                                                   manifest_fields(config, probe, preprocessor))
   return store, ExpertData(train, num_train, _test_examples(config), store.preprocessor())
+
+
+def _initial_model(config, index):
+  """Expert `index`'s network at its initial weights (seed from (config.seed, index)), uncompiled."""
+  info = sources.get_info(config.dataset)
+  return models.build(config.model, info.num_classes, info.image_shape,
+                      seed=expert_seeds(config.seed, index)[0], **dict(config.model_kwargs))
 
 
 def build_expert(config, index, hard_labels=True):
   """Expert `index`'s network at its initial weights, compiled with the expert recipe.
+
+  `train_expert` does not use the compiled optimizer or loss (it runs `TrainStep`); this is for tools that
+  time the recipe with `keras.Model.fit` in a single process (tesla_tf/bench/).
 
   Args:
     config: ExpertConfig.
@@ -285,9 +279,7 @@ def build_expert(config, index, hard_labels=True):
   Returns:
     A compiled keras.Model: plain SGD(lr_teacher, momentum 0), cross-entropy from logits, accuracy.
   """
-  info = sources.get_info(config.dataset)
-  model = models.build(config.model, info.num_classes, info.image_shape,
-                       seed=expert_seeds(config.seed, index)[0], **dict(config.model_kwargs))
+  model = _initial_model(config, index)
   model.compile(
       optimizer=keras.optimizers.SGD(config.lr_teacher, momentum=0.0),
       loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=True) if hard_labels
@@ -297,8 +289,105 @@ def build_expert(config, index, hard_labels=True):
   return model
 
 
+def _loss_terms(labels, logits):
+  """(per-example cross-entropy from logits [b], number of correct argmax predictions, float32 scalar).
+
+  Integer labels are class indices (sparse CE); float labels are probability rows (CE with soft targets,
+  correct = the argmax of the row).
+  """
+  if labels.dtype.is_integer:
+    target = tf.cast(labels, tf.int32)
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits)
+  else:
+    per_example = tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(labels, logits.dtype),
+                                                          logits=logits)
+    target = tf.argmax(labels, axis=-1, output_type=tf.int32)
+  predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+  return per_example, tf.reduce_sum(tf.cast(tf.equal(predicted, target), tf.float32))
+
+
+class TrainStep:
+  """The expert recipe's training and evaluation steps for `model` under a tf.distribute strategy.
+
+  A train step, on a batch of `strategy.experimental_distribute_dataset`: each replica computes logits
+  and the cross-entropy of its share, averaged over the GLOBAL batch (`tf.nn.compute_average_loss`), and
+  its gradients; one all-reduce (SUM) gives every replica the gradient of the global batch mean, and plain
+  SGD (momentum 0, no weight decay) updates the variables: θ ← θ − lr·g, the same on every replica and
+  worker. With the default strategy (one replica) the all-reduce is the identity.
+
+  Both steps return float32 [3] = (sum of per-example losses, correct predictions, examples) over all
+  replicas and workers; `run` totals them over a pass.
+
+  Attributes:
+    model: the keras.Model, built under `strategy.scope()`.
+    strategy: the tf.distribute strategy.
+    learning_rate: SGD learning rate.
+    global_batch_size: examples per global train batch, or None to count them at every step (one more
+      all-reduce); the train pipeline drops partial batches, so its static batch size is the count.
+  """
+
+  def __init__(self, model, strategy, learning_rate, global_batch_size=None):
+    self.model = model
+    self.strategy = strategy
+    self.learning_rate = float(learning_rate)
+    self.global_batch_size = None if global_batch_size is None else int(global_batch_size)
+    self._variables = list(model.trainable_variables)
+    self.train = tf.function(self._train, reduce_retracing=True)
+    self.evaluate = tf.function(self._evaluate, reduce_retracing=True)
+
+  def _replica_train(self, images, labels):
+    context = tf.distribute.get_replica_context()
+    count = tf.cast(tf.shape(labels)[0], tf.float32)
+    global_batch = self.global_batch_size
+    if global_batch is None:
+      global_batch = tf.cast(context.all_reduce(tf.distribute.ReduceOp.SUM, count), tf.int32)
+    with tf.GradientTape() as tape:
+      logits = self.model(images, training=True)
+      per_example, correct = _loss_terms(labels, logits)
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+    gradients = tape.gradient(loss, self._variables)
+    stats = tf.stack([tf.reduce_sum(per_example), correct, count])
+    *gradients, stats = context.all_reduce(tf.distribute.ReduceOp.SUM, [*gradients, stats])
+    context.merge_call(self._apply_sgd, args=(gradients,))
+    return stats
+
+  def _apply_sgd(self, strategy, gradients):
+    """In cross-replica context: θ ← θ − lr·g on every copy of every variable (g is already summed)."""
+    def sgd(variable, gradient):
+      return variable.assign_sub(gradient * self.learning_rate)
+    for variable, gradient in zip(self._variables, gradients):
+      strategy.extended.update(variable.value, sgd, args=(gradient,), group=False)
+
+  def _replica_evaluate(self, images, labels):
+    per_example, correct = _loss_terms(labels, self.model(images, training=False))
+    stats = tf.stack([tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32)])
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, stats)
+
+  def _train(self, batch):
+    stats = self.strategy.run(self._replica_train, args=tuple(batch))
+    return self.strategy.experimental_local_results(stats)[0]  # all-reduced: the same on every replica
+
+  def _evaluate(self, batch):
+    stats = self.strategy.run(self._replica_evaluate, args=tuple(batch))
+    return self.strategy.experimental_local_results(stats)[0]
+
+  def run(self, batches, train=True):
+    """(mean loss, accuracy) over the distributed `batches`, training on each (`train`) or evaluating.
+
+    The loss and accuracy of a training pass are those of every batch before its update, as `fit`
+    reported them.
+    """
+    step = self.train if train else self.evaluate
+    totals = np.zeros(3, np.float64)
+    for batch in batches:
+      totals += step(batch).numpy()
+    if totals[2] == 0:
+      raise errors.MissingDataError("The expert's input pipeline yielded no examples.")
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+
+
 def train_expert(config, index, data, strategy=None):
-  """Trains expert `index` with Keras fit, recording its trajectory.
+  """Trains expert `index` with the expert recipe (`TrainStep`), recording its trajectory.
 
   Args:
     config: ExpertConfig.
@@ -313,31 +402,47 @@ def train_expert(config, index, data, strategy=None):
   strategy = strategy or tf.distribute.get_strategy()
   init_seed, data_seed = expert_seeds(config.seed, index)
   use_service = config.data_service is not None
-  # Through the service one job serves the whole fit (repeat + steps_per_epoch): a fresh job per epoch
-  # would restart the workers' shuffle and augmentation seeds and repeat epoch 1's batches.
+  # Through the service one job serves the whole training (repeat, num_train // batch_size steps per
+  # epoch): a fresh job per epoch would restart the workers' shuffle and augmentation seeds and repeat
+  # epoch 1's batches.
   train = pipeline.train_pipeline(data.train, data.preprocessor, config.batch_size, seed=data_seed,
-                                  augment_strategy=config.augment_strategy, repeat=use_service,
+                                  dsa_strategy=config.dsa_strategy, repeat=use_service,
                                   data_service=config.data_service)
   train = multi_worker.sharded_by_data(train)
   test = multi_worker.sharded_by_data(pipeline.eval_pipeline(data.test, data.preprocessor, _EVAL_BATCH))
   with strategy.scope():
-    model = build_expert(config, index, hard_labels=train.element_spec[1].dtype.is_integer)
-  # Every worker records (get_flat reads the mirrored variables, identical on all of them); the caller
-  # decides who writes.
-  recorder = TrajectoryRecorder(FlatModel(model))
+    model = _initial_model(config, index)
+  # The train pipeline drops partial batches: its static batch size is every global batch's.
+  step = TrainStep(model, strategy, config.lr_teacher, global_batch_size=train.element_spec[0].shape[0])
+  train_batches = strategy.experimental_distribute_dataset(train)
+  test_batches = strategy.experimental_distribute_dataset(test)
+  service_batches = iter(train_batches) if use_service else None
+  # Every worker records (the variables are mirrored, identical on all of them); the caller decides who
+  # writes.
+  flat = FlatModel(model)
+  snapshots = [flat.get_flat().numpy().astype(np.float32)]
+  logs = {"loss": [], "accuracy": [], "test_loss": [], "test_accuracy": []}
   start = time.time()
-  with multi_worker.keras_fit_workarounds(model, train.element_spec, strategy):
-    history = model.fit(train, epochs=config.epochs, validation_data=test, callbacks=[recorder],
-                        shuffle=False, steps_per_epoch=data.num_train // config.batch_size if use_service
-                        else None, verbose=config.verbose)
-  logs = {k: [round(float(v), 6) for v in values] for k, values in history.history.items()}
+  for epoch in range(1, config.epochs + 1):
+    epoch_start = time.time()
+    batches = (itertools.islice(service_batches, data.num_train // config.batch_size) if use_service
+               else train_batches)
+    loss, accuracy = step.run(batches)
+    snapshots.append(flat.get_flat().numpy().astype(np.float32))
+    test_loss, test_accuracy = step.run(test_batches, train=False)
+    for key, value in zip(logs, (loss, accuracy, test_loss, test_accuracy)):
+      logs[key].append(round(value, 6))
+    if config.verbose > 0:
+      logging.info("Expert %d epoch %d/%d: train loss %.4f accuracy %.4f, test loss %.4f accuracy %.4f, "
+                   "%.1f s", index, epoch, config.epochs, loss, accuracy, test_loss, test_accuracy,
+                   time.time() - epoch_start)
   expert_info = {
       "init_seed": init_seed, "data_seed": data_seed, "wall_time_s": round(time.time() - start, 3),
-      "test_accuracy": logs["val_accuracy"], "test_loss": logs["val_loss"],
+      "test_accuracy": logs["test_accuracy"], "test_loss": logs["test_loss"],
       "train_accuracy": logs["accuracy"], "train_loss": logs["loss"],
       "num_train": data.num_train, "data_service": config.data_service, "host": socket.gethostname(),
       "strategy": config.strategy, "replicas": strategy.num_replicas_in_sync}
-  return model, recorder.trajectory(), expert_info
+  return model, np.stack(snapshots), expert_info
 
 
 def train_experts(config):

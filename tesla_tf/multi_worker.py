@@ -2,16 +2,15 @@
 
 `experts.train_experts(ExpertConfig(strategy="multi_worker", ...))` runs the same call on every worker of
 the TF_CONFIG cluster; this module holds what that needs: the strategy (created before any other TF op),
-who the chief is (the only writer of the store), how the input is sharded, how a lost worker is reported,
-and the workarounds that let Keras 3 `fit` run under the strategy.
+who the chief is (the only writer of the store), how the input is sharded and how a lost worker is
+reported. The training step itself (experts.TrainStep) is the project's own `strategy.run` loop: Keras 3
+`fit` does not run under this strategy (keras-team/keras#20585), and nothing here patches Keras.
 """
 
 import contextlib
 import json
 import os
 
-# Patched, only while a multi-worker fit runs, to get around a Keras bug (see keras_fit_workarounds).
-from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 import tensorflow as tf
 
 from tesla_tf import errors
@@ -107,38 +106,3 @@ def sharded_by_data(ds):
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
   return ds.with_options(options)
-
-
-@contextlib.contextmanager
-def keras_fit_workarounds(model, element_spec, strategy):
-  """Works around two Keras 3.15 bugs that stop `fit` under MultiWorkerMirroredStrategy.
-
-  See keras-team/keras#20585 and tensorflow/tensorflow#72388. Outside multi-worker training this does
-  nothing.
-  1. Before training, fit all-reduces a whole input batch to learn its shapes and fails on the (images,
-     labels) tuple. Here the loss, metrics and optimizer are built from the element spec instead, and
-     that step is switched off.
-  2. After every step, fit averages the scalar logs over workers with axis=0 and fails on scalars. Here
-     each worker keeps its own step logs, for its progress bar only. The epoch logs (history, test
-     accuracy) still cover all workers, because Keras recomputes them from the metric variables, and
-     reading those sums them over the workers.
-  The gradients go through neither path: the optimizer all-reduces them.
-  """
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    yield
-    return
-  # pylint: disable=protected-access
-  with strategy.scope():
-    model._symbolic_build(data_batch=element_spec)
-  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-  keras_reduce = keras_tf_trainer.reduce_per_replica
-
-  def reduce(values, distribution, reduction):
-    if reduction != "auto":
-      return keras_reduce(values, distribution, reduction)
-    return tf.nest.map_structure(lambda v: distribution.experimental_local_results(v)[0], values)
-  keras_tf_trainer.reduce_per_replica = reduce
-  try:
-    yield
-  finally:
-    keras_tf_trainer.reduce_per_replica = keras_reduce

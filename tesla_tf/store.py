@@ -34,7 +34,7 @@ FORMAT = "tesla_tf.trajectory_store/1"
 # Fields that must agree for two sets of experts to share one store.
 COMPAT_FIELDS = ("format", "dataset", "num_classes", "image_shape", "model", "model_kwargs", "num_params",
                  "layout", "preprocessing", "epochs", "lr_teacher", "momentum", "batch_size",
-                 "augment_strategy", "seed", "max_train_examples", "holdout")
+                 "dsa_strategy", "seed", "max_train_examples", "holdout")
 _EXPERT_RE = re.compile(r"^expert_(\d+)\.json$")
 
 
@@ -57,7 +57,7 @@ class Manifest:
     num_params, layout: the flat parameter vector (FlatModel.layout()).
     preprocessing: the preprocessor's to_dict() (its files, e.g. zca.npz, are in the store).
     epochs: E, so every trajectory is [E + 1, num_params].
-    lr_teacher, momentum, batch_size, augment_strategy, seed, max_train_examples: the expert recipe.
+    lr_teacher, momentum, batch_size, dsa_strategy, seed, max_train_examples: the expert recipe.
     holdout: the validation split held out of expert training ({"size", "seed"}, data/holdout.py).
   """
   dataset: str
@@ -72,7 +72,7 @@ class Manifest:
   image_shape: Optional[list] = None
   momentum: float = 0.0
   batch_size: Optional[int] = None
-  augment_strategy: Optional[str] = None
+  dsa_strategy: Optional[str] = None
   seed: int = 0
   max_train_examples: Optional[int] = None
   holdout: dict = dataclasses.field(default_factory=dict)
@@ -86,6 +86,7 @@ class Manifest:
       found = d.get("format") if isinstance(d, dict) else type(d).__name__
       raise errors.CorruptFileError(f"{path}: not a trajectory store manifest (format {found!r}, expected "
                                     f"{FORMAT!r}).")
+    d = {("dsa_strategy" if k == "augment_strategy" else k): v for k, v in d.items()}  # stores before 2026-12
     names = {f.name for f in dataclasses.fields(cls)}
     missing = sorted(f.name for f in dataclasses.fields(cls)
                      if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

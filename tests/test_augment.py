@@ -80,12 +80,67 @@ def test_each_family_shape_dtype_and_ranges(family):
     assert np.all(np.abs(angle) <= 15.0 + 1e-4)
 
 
+def _reference_apply(images, params):
+  """apply() from the module docstring, pixel by pixel in float64 numpy: colour (brightness, saturation
+  about the channel mean, contrast about the image mean), then out(x, y) = bilinear sample of the input
+  at A @ (p - ctr) + ctr + t with zeros outside, then the cutout box set to zero."""
+  images = np.asarray(images, np.float64)
+  p = {k: np.asarray(v) for k, v in params.items()}
+  b, h, w, _ = images.shape
+  cx, cy = (w - 1) / 2, (h - 1) / 2
+  out = np.zeros_like(images)
+  for i in range(b):
+    img = images[i] + float(p["brightness"][i])
+    s, c = float(p["saturation"][i]), float(p["contrast"][i])
+    img = img * s + img.mean(axis=-1, keepdims=True) * (1 - s)
+    img = img * c + img.mean() * (1 - c)
+    a = p["affine"][i].astype(np.float64)
+    for row in range(h):
+      for col in range(w):
+        src_x = a[0, 0] * (col - cx) + a[0, 1] * (row - cy) + cx + a[0, 2]
+        src_y = a[1, 0] * (col - cx) + a[1, 1] * (row - cy) + cy + a[1, 2]
+        x0, y0 = math.floor(src_x), math.floor(src_y)
+        for yy in (y0, y0 + 1):
+          for xx in (x0, x0 + 1):
+            if 0 <= yy < h and 0 <= xx < w:
+              out[i, row, col] += (1 - abs(src_x - xx)) * (1 - abs(src_y - yy)) * img[yy, xx]
+    y_start, y_end, x_start, x_end = p["cutout"][i]
+    out[i, y_start:y_end, x_start:x_end] = 0.0
+  return out
+
+
+# The params entries each family changes; every other entry keeps its identity value.
+_FAMILY_KEYS = {"color": ("brightness", "saturation", "contrast"), "crop": ("affine",),
+                "cutout": ("cutout",), "flip": ("affine",), "scale": ("affine",), "rotate": ("affine",)}
+
+
+def test_full_strategy_applies_the_drawn_family_by_the_documented_formulas():
+  x = _images([3, 6, 7, 2], tf.float64)
+  identity = {"brightness": np.zeros(3), "saturation": np.ones(3), "contrast": np.ones(3),
+              "affine": np.tile([[1.0, 0, 0], [0, 1.0, 0]], [3, 1, 1]), "cutout": np.zeros([3, 4])}
+  drawn = set()
+  for i in range(60):
+    params = augment.sample(augment.STRATEGY, [3, 6, 7, 2], _seed(i))
+    family = augment.FAMILIES[int(params["family"])]
+    for key, value in identity.items():
+      if key not in _FAMILY_KEYS[family]:
+        np.testing.assert_array_equal(params[key], value, err_msg=f"{family}: {key}")
+      elif family != "flip":  # (a flip draw may leave all three images unflipped)
+        assert not np.array_equal(params[key], value), (family, key)
+    np.testing.assert_allclose(augment.apply(x, params), _reference_apply(x, params), atol=1e-12,
+                               err_msg=family)
+    drawn.add(family)
+    if len(drawn) == len(augment.FAMILIES):
+      break
+  assert drawn == set(augment.FAMILIES)
+
+
 def test_deterministic_different_seeds_and_identity():
   x = _images()
   p1 = augment.sample(augment.STRATEGY, SHAPE, _seed(5))
-  np.testing.assert_array_equal(augment.apply(x, p1), augment.apply(x, p1))
   again = augment.sample(augment.STRATEGY, SHAPE, _seed(5))
-  np.testing.assert_array_equal(augment.apply(x, again), augment.apply(x, p1))
+  for key in p1:  # the same seed draws the same values (the output is their function, test above)
+    np.testing.assert_array_equal(again[key], p1[key], err_msg=key)
   for family in augment.FAMILIES:
     a = augment.apply(x, augment.sample(family, SHAPE, _seed(5)))
     b = augment.apply(x, augment.sample(family, SHAPE, _seed(6)))

@@ -99,7 +99,7 @@ def test_zca_round_trip(tmp_path):
   metadata = distilled.export(original, tmp_path / "d", preprocessor=zca)
   assert [f["file"] for f in metadata["files"]] == [preprocess.ZCA_FILE]
   _assert_same(distilled.load_set(tmp_path / "d"), original)
-  restored = distilled.load_preprocessor(tmp_path / "d")
+  _, restored = distilled.load_any(str(tmp_path / "d"))  # the matrices are read from the export
   np.testing.assert_array_equal(restored.whiten, zca.whiten)
   # The PNG is the de-whitened image.
   rows = list(distilled.load(tmp_path / "d")[0].take(1).as_numpy_iterator())
@@ -153,24 +153,32 @@ def test_truncated_shard_and_missing_files_are_refused(tmp_path):
     distilled.load(out)
 
 
-def test_npz_and_load_any(tmp_path):
+def test_load_any_reads_an_export_or_a_run_dir(tmp_path):
   original = _set()
-  distilled.save_npz(original, tmp_path / "run" / distilled.NPZ_FILE)
-  from_npz, prep = distilled.load_any(str(tmp_path / "run"))
-  _assert_same(from_npz, original)
-  assert prep.to_dict() == original.preprocessing
-  distilled.export(from_npz, tmp_path / "run" / "distilled")
-  from_export, _ = distilled.load_any(str(tmp_path / "run"))  # the export wins over the .npz
-  _assert_same(from_export, original)
-  with pytest.raises(FileNotFoundError, match="holds no distilled set"):
-    distilled.load_any(str(tmp_path))
+  distilled.export(original, tmp_path / "run" / distilled.EXPORT_DIR)
+  for path in (tmp_path / "run", tmp_path / "run" / distilled.EXPORT_DIR):
+    loaded, prep = distilled.load_any(str(path))
+    _assert_same(loaded, original)
+    assert prep.to_dict() == original.preprocessing
+  expected = "expected an export directory .*metadata.json.* or a run directory .*distilled/"
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="empty holds no distilled set: " + expected):
+    distilled.load_any(str(tmp_path / "empty"))
+  with pytest.raises(FileNotFoundError, match="No distilled set at .*nowhere: " + expected):
+    distilled.load_any(str(tmp_path / "nowhere"))
+  old = tmp_path / "distilled.npz"  # the single-file format of earlier versions is not read any more
+  np.savez(old, images=original.images, labels=original.labels)
+  with pytest.raises(ValueError, match="distilled.npz is a file, not a distilled set: " + expected):
+    distilled.load_any(str(old))
 
 
-def test_export_tool(tmp_path):
-  distilled.save_npz(_set(), tmp_path / "run" / distilled.NPZ_FILE)
+def test_export_tool_reshards_a_run(tmp_path):
+  distilled.export(_set(), tmp_path / "run" / distilled.EXPORT_DIR)
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, "tools", "export.py"), f"--source={tmp_path / 'run'}",
-       "--shard_size=4"], capture_output=True, text=True, timeout=120, check=False)
+       f"--out_dir={tmp_path / 'copy'}", "--shard_size=4"],
+      capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  _assert_same(distilled.load_set(tmp_path / "run" / "distilled"), _set())
-  assert "6 examples" in result.stdout
+  _assert_same(distilled.load_set(tmp_path / "copy"), _set())
+  assert [s["num_examples"] for s in distilled.read_metadata(tmp_path / "copy")["shards"]] == [4, 2]
+  assert "6 examples" in result.stdout and str(tmp_path / "copy") in result.stdout

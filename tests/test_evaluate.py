@@ -60,7 +60,7 @@ def test_lr_schedule_steps_once_at_half():
 
 
 def test_fit_uses_the_schedule_and_resets_momentum(monkeypatch):
-  config = evaluate.EvalConfig(epochs=6, augment_strategy="none", log_every=100)
+  config = evaluate.EvalConfig(epochs=6, dsa_strategy="none", log_every=100)
   trainer = evaluate.Trainer("convnet", {"width": 4, "depth": 1}, 2, SHAPE, 6, config)
   used, resets = [], []
   monkeypatch.setattr(trainer, "train_epoch", lambda x, y, epoch, seed, lr: used.append(lr) or (0.5, 1.0))
@@ -84,7 +84,7 @@ def test_sgd_momentum_is_pytorch_sgd_in_numpy():
 
 
 def test_trainer_two_steps_equal_numpy_sgd():
-  config = evaluate.EvalConfig(epochs=10, augment_strategy="none", momentum=0.9, weight_decay=0.05)
+  config = evaluate.EvalConfig(epochs=10, dsa_strategy="none", momentum=0.9, weight_decay=0.05)
   s = _set()
   trainer = evaluate.Trainer("convnet", {"width": 4, "depth": 1}, 2, SHAPE, 6, config)
   trainer.reset(seed=3)
@@ -111,7 +111,7 @@ def test_trainer_two_steps_equal_numpy_sgd():
 def test_padded_last_batch_averages_over_real_rows():
   # n = 5 with batch 2: three steps, the last one padded. At lr 0 the parameters stay put, so the
   # epoch's mean loss must equal the plain mean cross-entropy over the 5 rows.
-  config = evaluate.EvalConfig(epochs=4, batch_size=2, augment_strategy="none")
+  config = evaluate.EvalConfig(epochs=4, batch_size=2, dsa_strategy="none")
   s = _set()
   images, labels = s.images[:5], np.array([[0.7, 0.3], [0.2, 0.8], [1, 0], [0, 1], [0.5, 0.5]], np.float32)
   trainer = evaluate.Trainer("convnet", {"width": 4, "depth": 1}, 2, SHAPE, 5, config)
@@ -162,11 +162,12 @@ def test_baseline_uses_the_same_recipe_and_the_labeler():
   s = _set(soft=True)
   results = evaluate.evaluate_distilled(s, config, test_data=test, train_data=pool, baseline_labeler=labeler)
   assert calls == [(6, 8, 8, 1)] and results["settings"]["random_subset_labels"] == "baseline_labeler"
-  # The baseline run equals a stand-alone train_and_test on the same subset, rows, lr and seed.
+  # The baseline run equals a stand-alone Trainer fit on the same subset, rows, lr and seed.
   index = [np.flatnonzero(pool[1] == c) for c in range(2)]
   x, _ = evaluate.random_subset(pool, index, 3, seed=4)
-  alone = evaluate.train_and_test(x, np.full((6, 2), 0.5, np.float32), *test, "convnet",
-                                  {"width": 8, "depth": 1}, 0.05, config, seed=4)
+  trainer = evaluate.Trainer("convnet", {"width": 8, "depth": 1}, 2, SHAPE, 6, config)
+  alone = trainer.fit(x, np.full((6, 2), 0.5, np.float32), 0.05, 4,
+                      tf.data.Dataset.from_tensor_slices(test).batch(config.test_batch_size))
   run = results["random_subset"]["convnet"]["runs"][0]
   assert run["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-6)
   assert run["test_accuracy"] == alone["test_accuracy"]

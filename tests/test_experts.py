@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -135,6 +136,100 @@ def test_bad_config_is_refused(tmp_path, overrides, match):
     _config(tmp_path, **overrides)
 
 
+# The train step ---------------------------------------------------------------------------------------
+
+def _tiny_batch(n, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=(n, 12, 12, 1)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32)
+
+
+@pytest.mark.parametrize("soft, global_batch", [(False, 6), (False, None), (True, 6)])
+def test_train_step_is_sgd_on_the_batch_mean_cross_entropy(soft, global_batch):
+  """One step on 6 images: loss = numpy softmax CE of the logits, θ₁ = θ₀ − lr·∇ (a GradientTape on θ).
+
+  Probability rows (one-hot here) train like integer labels; an unknown global batch size is counted.
+  """
+  lr = 0.05
+  images, labels = _tiny_batch(6)
+  model = models.build("convnet", 10, (12, 12, 1), seed=3, width=8)
+  flat = FlatModel(model)
+  theta = tf.constant(flat.get_flat())
+  with tf.GradientTape() as tape:
+    tape.watch(theta)
+    logits = flat.apply(theta, images, training=True)
+    log_p = logits - tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
+    reference_loss = -tf.reduce_mean(tf.gather(log_p, labels, batch_dims=1))
+  expected = (theta - lr * tape.gradient(reference_loss, theta)).numpy()
+  z = logits.numpy().astype(np.float64)
+  z -= z.max(axis=-1, keepdims=True)
+  numpy_ce = np.mean(np.log(np.exp(z).sum(axis=-1)) - z[np.arange(6), labels])
+  targets = np.eye(10, dtype=np.float32)[labels] if soft else labels
+
+  step = experts.TrainStep(model, tf.distribute.get_strategy(), lr, global_batch_size=global_batch)
+  loss_sum, correct, count = step.train((tf.constant(images), tf.constant(targets))).numpy()
+  assert count == 6 and correct == np.sum(np.argmax(z, axis=-1) == labels)
+  assert loss_sum / count == pytest.approx(numpy_ce, rel=1e-5)
+  np.testing.assert_allclose(flat.get_flat().numpy(), expected, rtol=1e-5, atol=1e-7)
+  assert np.abs(expected - theta.numpy()).max() > 1e-4  # the step moved θ
+
+
+_MIRRORED_STEP = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path.insert(0, {root!r})
+    import numpy as np
+    from tesla_tf import experts, models
+    from tesla_tf.models.flat import FlatModel
+
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(7, 12, 12, 1)).astype(np.float32), rng.integers(0, 10, 7).astype(np.int32))
+    batches = tf.data.Dataset.from_tensor_slices(data).batch(7)  # batch size unknown: counted per step
+    out = {{}}
+    for name, strategy in (("default", tf.distribute.get_strategy()),
+                           ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+      with strategy.scope():
+        model = models.build("convnet", 10, (12, 12, 1), seed=3, width=8)
+      step = experts.TrainStep(model, strategy, 0.05)
+      distributed = strategy.experimental_distribute_dataset(batches)
+      train = step.run(distributed)
+      copies = [v.numpy() for v in strategy.experimental_local_results(model.trainable_variables[0].value)]
+      out[name] = {{"replicas": strategy.num_replicas_in_sync, "train": train,
+                   "test": step.run(distributed, train=False),
+                   "theta": FlatModel(model).get_flat().numpy().tolist(),
+                   "copies_equal": all(np.array_equal(c, copies[0]) for c in copies)}}
+    print(json.dumps(out))
+""")
+
+
+def test_train_step_under_mirrored_strategy_equals_one_replica():
+  """2 logical CPUs split a batch of 7 (4 + 3): same loss, accuracy and update as one replica, and the
+  two copies of every variable stay equal."""
+  result = subprocess.run([sys.executable, "-c", _MIRRORED_STEP.format(root=ROOT)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                                                       "CUDA_VISIBLE_DEVICES": ""})
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  one, two = out["default"], out["mirrored"]
+  assert (one["replicas"], two["replicas"]) == (1, 2) and two["copies_equal"]
+  np.testing.assert_allclose(two["train"], one["train"], rtol=1e-5)
+  np.testing.assert_allclose(two["test"], one["test"], rtol=1e-5)
+  np.testing.assert_allclose(two["theta"], one["theta"], rtol=1e-4, atol=1e-6)
+
+
+def test_no_module_uses_private_keras():
+  """Nothing imports keras.src (a Keras upgrade may move it) nor patches Keras for multi-worker fit."""
+  offenders = []
+  for pattern in ("tesla_tf/**/*.py", "tools/*.py"):
+    for path in glob.glob(os.path.join(ROOT, pattern), recursive=True):
+      with open(path) as f:
+        text = f.read()
+      offenders += [f"{os.path.relpath(path, ROOT)}: {word}" for word in ("keras.src", "_symbolic_build")
+                    if word in text]
+  assert not offenders
+
+
 # Store ------------------------------------------------------------------------------------------------
 
 def _fake_store(path, indices=(0, 1, 2)):
@@ -224,11 +319,11 @@ def test_failed_write_leaves_no_finished_expert(tmp_path, monkeypatch):
   def broken_save(*args, **kwargs):
     raise OSError("disk full")
   with monkeypatch.context() as m:
-    m.setattr(experts.np, "save", broken_save)
+    m.setattr(store_lib.np, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
       store.write(0, good, {})
   with monkeypatch.context() as m:  # trajectory written, info fails: still not finished
-    m.setattr(experts.json, "dump", broken_save)
+    m.setattr(store_lib.json, "dump", broken_save)
     with pytest.raises(OSError):
       store.write(1, good, {})
   assert store.finished() == [] and len(store) == 0
@@ -314,7 +409,7 @@ print(json.dumps(out))
 
 def test_every_experts_config_parses_and_bad_flag_combinations_are_refused():
   paths = sorted(glob.glob(os.path.join(ROOT, "configs", "experts_*.cfg")))
-  assert len(paths) == 6
+  assert len(paths) == 7
   code = _PARSE_CONFIGS.format(root=ROOT, tool=TOOL, paths=paths)
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -327,7 +422,7 @@ def test_every_experts_config_parses_and_bad_flag_combinations_are_refused():
       text = f.read()
     assert all(f"\n# {h}\n" in text for h in ("data", "model", "training", "io")), path
     assert "REFERENCE §1" in text and "python tools/train_experts.py --flagfile=" in text
-    assert parsed[path]["epochs"] == 50 and parsed[path]["lr_teacher"] == 0.01
+    assert parsed[path]["epochs"] == (5 if "quickstart" in path else 50) and parsed[path]["lr_teacher"] == 0.01
   by_name = {os.path.basename(p)[len("experts_"):-len(".cfg")]: parsed[p] for p in paths}
   assert by_name["cifar10_zca"]["preprocessing"] == "zca"
   assert by_name["imagenet64"]["num_experts"] == 50 and by_name["imagenet64"]["model"] == "convnet_d4"

@@ -1,5 +1,6 @@
 """The distillation loop: configs, resume, crash safety, divergence guard, real-data progress."""
 
+import dataclasses
 import glob
 import os
 import re
@@ -16,6 +17,7 @@ from tesla_tf import store as store_lib
 from tesla_tf import errors, experts, models
 from tesla_tf.data import preprocess, sources
 from tesla_tf.distill import loop, synthetic
+from tesla_tf.distill import run_dir as run_dir_lib
 from tesla_tf.models.flat import FlatModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,19 +70,32 @@ def config_lines(path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_config_parses_without_unknown_or_duplicate_flags(path):
+def test_config_lines_reach_the_config_fields_of_their_names(path):
   tool, config = parse_tool_flags([f"--flagfile={path}"])
-  names = [name for name, _ in config_lines(path) if name != "flagfile"]
-  own = [name for name, _ in config_lines(path)[-len(names):]]
-  known = set(tool.FLAGS)
-  assert not [n for n in names if n not in known], "unknown flags"
   with open(path) as f:
     direct = re.findall(r"^--([a-z_0-9]+)=", f.read(), flags=re.M)
   assert len(direct) == len(set(direct)), f"duplicate flags in {path}"
+  # The last line of each flag wins (nested base files first): its value, parsed by the flag's own parser,
+  # is the DistillConfig field of the same name.
+  for name, text in dict(config_lines(path)).items():
+    value = tool.FLAGS[name].parser.parse(text)
+    assert getattr(config, name) == (tuple(value) if isinstance(value, list) else value), name
   assert config.iterations >= 200 and config.ipc >= 1
   text = open(path).read()
   assert "Expected" in text and "Command" in text  # every config says what it reproduces and how
-  del own
+
+
+def test_flags_cfg_of_a_library_run_replays_its_config(store_dir, tmp_path):
+  """distill() called from Python writes flags.cfg; tools/distill.py reads it back to the same config."""
+  config = small_config(store_dir, str(tmp_path / "run"), iterations=1, lr_teacher=0.02,
+                        halve_tesla_image_grad=True, labels="hard", max_image_classes=7)
+  loop.distill(config)
+  _, replayed = parse_tool_flags([f"--flagfile={tmp_path / 'run' / 'flags.cfg'}"])
+  assert replayed == config
+  other = dataclasses.replace(config, eval_models=("convnet", "alexnet"), data_dir="/data/x", lr_img=1e-3,
+                              dsa_strategy="none")
+  (tmp_path / "other.cfg").write_text(run_dir_lib.as_flags(dataclasses.asdict(other)))
+  assert parse_tool_flags([f"--flagfile={tmp_path / 'other.cfg'}"])[1] == other
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

@@ -28,7 +28,7 @@ def _epoch(ds):
 
 def test_shapes_and_values_without_augmentation():
   images, labels = _raw()
-  ds = pipeline.train_pipeline(_ds(), NORM, 8, seed=3, augment_strategy="none")
+  ds = pipeline.train_pipeline(_ds(), NORM, 8, seed=3, dsa_strategy="none")
   assert ds.element_spec[0].shape == (8, 8, 8, 2) and ds.element_spec[0].dtype == tf.float32
   assert ds.element_spec[1].shape == (8,) and ds.element_spec[1].dtype == tf.int32
   batches = _epoch(ds)
@@ -45,7 +45,7 @@ def test_shapes_and_values_without_augmentation():
 
 def test_seeded_shuffle_and_augmentation_reproducible():
   def run(seed, strategy):
-    ds = pipeline.train_pipeline(_ds(), NORM, 8, seed=seed, augment_strategy=strategy)
+    ds = pipeline.train_pipeline(_ds(), NORM, 8, seed=seed, dsa_strategy=strategy)
     return _epoch(ds), _epoch(ds)
 
   first, second = run(5, augment.STRATEGY)
@@ -60,8 +60,8 @@ def test_seeded_shuffle_and_augmentation_reproducible():
 
 
 def test_augmentation_applied_per_batch():
-  ds = pipeline.train_pipeline(_ds(), NORM, 8, seed=1, augment_strategy="flip", shuffle_buffer=1)
-  plain = pipeline.train_pipeline(_ds(), NORM, 8, seed=1, augment_strategy="none", shuffle_buffer=1)
+  ds = pipeline.train_pipeline(_ds(), NORM, 8, seed=1, dsa_strategy="flip", shuffle_buffer=1)
+  plain = pipeline.train_pipeline(_ds(), NORM, 8, seed=1, dsa_strategy="none", shuffle_buffer=1)
   changed = 0
   for (x, _), (p, _) in zip(ds, plain):
     flipped = p.numpy()[:, :, ::-1]
@@ -73,7 +73,7 @@ def test_augmentation_applied_per_batch():
 
 
 def test_repeat_spans_epochs():
-  ds = pipeline.train_pipeline(_ds(10), NORM, 4, seed=0, augment_strategy="none", repeat=True)
+  ds = pipeline.train_pipeline(_ds(10), NORM, 4, seed=0, dsa_strategy="none", repeat=True)
   assert len(list(ds.take(7))) == 7
 
 
@@ -93,6 +93,6 @@ def test_bad_data_service_address(address):
 
 def test_bad_strategy_and_batch_size():
   with pytest.raises(ValueError, match="augmentation family"):
-    pipeline.train_pipeline(_ds(), NORM, 8, seed=0, augment_strategy="colour")
+    pipeline.train_pipeline(_ds(), NORM, 8, seed=0, dsa_strategy="colour")
   with pytest.raises(ValueError, match="batch_size"):
     pipeline.train_pipeline(_ds(), NORM, 0, seed=0)

@@ -143,12 +143,3 @@ def test_quality_tool_reports_and_refuses_bad_flags_in_one_line(tmp_path):
     bad = _tool("benchmark_quality.py", f"--workdir={tmp_path / 'w'}", "--report_only", flag)
     assert bad.returncode != 0 and words in bad.stderr and "Traceback" not in bad.stderr
 
-
-def test_jit_benchmark_tool_runs(tmp_path):
-  out = tmp_path / "jit.json"
-  done = _tool("benchmark_jit.py", "--width=8", "--expert_epochs=0", "--eval_sizes=4", "--eval_epochs=1",
-               f"--out={out}")
-  assert done.returncode == 0, done.stderr
-  results = json.loads(out.read_text())
-  assert set(results["evaluation"]) == {"n=4 jit_compile=False", "n=4 jit_compile=True"}
-  assert all(s > 0 for s in results["evaluation"].values())

@@ -52,7 +52,7 @@ def test_in_process(tmp_path):
     images = np.arange(24 * 4 * 4 * 1, dtype=np.uint8).reshape(24, 4, 4, 1)
     raw = tf.data.Dataset.from_tensor_slices((images, np.arange(24)))
     norm = preprocess.Normalize((0.5,), (0.5,))
-    ds = pipeline.train_pipeline(raw, norm, 4, seed=0, augment_strategy="none", data_service=address,
+    ds = pipeline.train_pipeline(raw, norm, 4, seed=0, dsa_strategy="none", data_service=address,
                                  job_name="pipeline")
     labels = [y for _, batch in ds for y in batch.numpy().tolist()]
     # Each worker batches its share of the epoch and drops its own partial batch.

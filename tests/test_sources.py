@@ -1,5 +1,6 @@
 """Tests for tesla_tf.data.sources: registry, IDX, TFDS (mocked), folders, fast clear errors."""
 
+import dataclasses
 import gzip
 import os
 import time
@@ -27,6 +28,32 @@ def test_registry():
   assert list(sources.get_info("cifar100").class_names) == sorted(sources.get_info("cifar100").class_names)
   with pytest.raises(ValueError, match="cifar10.*fashion_mnist"):
     sources.get_info("cifar")
+  assert {info.source for info in sources.DATASETS.values()} == set(sources.LOADERS)
+  assert [name for name, info in sources.DATASETS.items() if info.in_memory] == ["fashion_mnist", "mnist"]
+
+
+def test_a_new_source_kind_is_one_loaders_entry(monkeypatch):
+  images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4, 1)
+  labels = np.array([1, 0, 1], np.int32)
+  calls = []
+
+  def load_toy(info, split, data_dir, download):
+    calls.append((info.name, split, data_dir, download))
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+  toy = dataclasses.replace(sources.get_info("mnist"), name="toy", num_classes=2, image_shape=(4, 4, 1),
+                            class_names=(), source="toy")
+  monkeypatch.setitem(sources.DATASETS, "toy", toy)
+  monkeypatch.setitem(sources.LOADERS, "toy", sources.Loader(
+      load_toy, class_names=lambda info, data_dir: ("cat", f"dog in {data_dir}")))
+  assert not toy.in_memory
+  x, y = sources.load_numpy("toy", "test", download=True)
+  np.testing.assert_array_equal(x, images)
+  np.testing.assert_array_equal(y, labels)
+  assert calls == [("toy", "test", None, True)]
+  assert sources.class_names("toy", "here") == ("cat", "dog in here")
+  with pytest.raises(ValueError, match="split must be"):
+    sources.load("toy", "validation")
 
 
 @needs_fashion

@@ -4,587 +4,84 @@
   .venv/bin/python tools/benchmark.py --parts=speed --syn_steps=5,10 --modes=tesla,exact
   .venv/bin/python tools/benchmark.py --parts=report       # rebuild the doc tables and plot from the json
 
-Speed/memory (`--parts=speed`): ConvNet-3 (width 128) on 32×32×3, 10 classes, 100 N(0,1) synthetic images,
-batch_syn 100, float32, DSA on, start/target two random flat vectors near a PyTorch-style init. Every
-(mode, N) runs in a fresh child process (this script with --child=speed) that builds everything, wraps
-`matching.matching_gradients` in one tf.function, runs one warm-up iteration (which traces) and k timed
-ones, and prints one JSON line: wall and CPU seconds per iteration, the process's peak RSS, its RSS before
-the first iteration (the baseline), the peak RSS of the timed iterations only, and TensorFlow's own
-allocator peak. The parent watches each child's RSS in /proc and kills it above --memory_cap_gb; unrolled
-N values whose linear projection from the smaller N exceeds the cap are skipped.
-
-Fidelity (`--parts=fidelity`): cosine and relative error between tesla's and exact's image gradients on
-real Fashion-MNIST expert trajectories (one expert trained here with tesla_tf.experts, cached in
---expert_store), for several N, start epochs and seeds (a child process too).
-
-Results: <out_dir>/benchmark_results.json, and the generated section of <out_dir>/benchmarks.md (between
-the BEGIN/END GENERATED markers; the prose around it is kept) with <out_dir>/benchmark_memory.png.
+What is measured and how: tesla_tf/bench/speed.py. Every (mode, N) and the fidelity part run in fresh
+child processes (`python -m tesla_tf.bench.speed`); --child runs one measurement here and prints its JSON.
 """
 
+import dataclasses
 import json
 import os
-import resource
-import subprocess
 import sys
-import tempfile
-import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from tesla_tf import cli
+from tesla_tf.bench import speed
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
-PARTS = ("speed", "fidelity", "report")
-MODES = ("unrolled", "tesla", "exact")
-BEGIN, END = "<!-- BEGIN GENERATED (tools/benchmark.py) -->", "<!-- END GENERATED -->"
-GB = 1e9
-
-flags.DEFINE_list("parts", ["speed", "fidelity", "report"], f"Which parts to run, from {PARTS}.")
-flags.DEFINE_list("modes", list(MODES), "Matching modes of the speed part.")
-flags.DEFINE_list("syn_steps", ["5", "10", "20", "40", "80"], "N values of the speed part.")
-flags.DEFINE_integer("iters", 2, "Timed iterations per (mode, N) after the warm-up.", lower_bound=1)
-flags.DEFINE_integer("big_n", 40, "From this N on, time --big_iters iterations instead.", lower_bound=1)
-flags.DEFINE_integer("big_iters", 1, "Timed iterations for N >= --big_n; 0 = report the warm-up iteration "
-                     "(which includes tracing) as the time.", lower_bound=0)
-flags.DEFINE_bool("resume", False, "Skip (mode, N, tag) runs already measured in the results json.")
-flags.DEFINE_float("memory_cap_gb", 20.0, "Kill a child whose RSS exceeds this; skip unrolled N projected "
-                   "above it.", lower_bound=1.0)
-flags.DEFINE_float("min_available_gb", 1.0, "Also kill a child when the machine's MemAvailable drops below "
-                   "this (other processes share the RAM).", lower_bound=0.0)
-flags.DEFINE_integer("batch_syn", 100, "Synthetic images per step (= the whole set).", lower_bound=1)
-flags.DEFINE_integer("width", 128, "ConvNet width.", lower_bound=1)
-flags.DEFINE_string("dsa_strategy", "color_crop_cutout_flip_scale_rotate", "DSA strategy, or 'none'.")
-flags.DEFINE_bool("jit", False, "Speed part: matching_gradients(..., jit_compile=True) (tesla/exact).")
-flags.DEFINE_integer("row_chunks", 1, "Speed part: matching_gradients(..., row_chunks=k) (tesla/exact).",
-                     lower_bound=1)
-flags.DEFINE_string("tag", "", "Label stored with every speed record (e.g. the variant being measured).")
+_D = speed.SpeedConfig()
+flags.DEFINE_list("parts", list(_D.parts), f"Which parts to run, from {speed.PARTS}.")
+flags.DEFINE_list("modes", list(_D.modes), "Matching modes of the speed part.")
+flags.DEFINE_list("syn_steps", [str(n) for n in _D.syn_steps], "N values of the speed part.")
+flags.DEFINE_integer("iters", _D.iters, "Timed iterations per (mode, N) after the warm-up.", lower_bound=1)
+flags.DEFINE_integer("big_n", _D.big_n, "From this N on, time --big_iters iterations instead.", lower_bound=1)
+flags.DEFINE_integer("big_iters", _D.big_iters, "Timed iterations for N >= --big_n; 0 = report the warm-up "
+                     "iteration (which includes tracing) as the time.", lower_bound=0)
+flags.DEFINE_bool("resume", _D.resume, "Skip (mode, N, tag) runs already measured in the results json.")
+flags.DEFINE_float("memory_cap_gb", _D.memory_cap_gb, "Kill a child whose RSS exceeds this; skip unrolled N "
+                   "projected above it.", lower_bound=1.0)
+flags.DEFINE_float("min_available_gb", _D.min_available_gb, "Also kill a child when the machine's "
+                   "MemAvailable drops below this (other processes share the RAM).", lower_bound=0.0)
+flags.DEFINE_integer("batch_syn", _D.batch_syn, "Synthetic images per step (= the whole set).", lower_bound=1)
+flags.DEFINE_integer("width", _D.width, "ConvNet width.", lower_bound=1)
+flags.DEFINE_string("dsa_strategy", _D.dsa_strategy, "DSA strategy, or 'none'.")
+flags.DEFINE_bool("jit", _D.jit, "Speed part: matching_gradients(..., jit_compile=True) (tesla/exact).")
+flags.DEFINE_integer("row_chunks", _D.row_chunks, "Speed part: matching_gradients(..., row_chunks=k) "
+                     "(tesla/exact).", lower_bound=1)
+flags.DEFINE_string("tag", _D.tag, "Label stored with every speed record (e.g. the variant being measured).")
 # fidelity
-flags.DEFINE_list("fidelity_steps", ["10", "20", "50"], "N values of the fidelity part.")
-flags.DEFINE_list("fidelity_start_epochs", ["0", "1"], "Start epochs t of the fidelity part.")
-flags.DEFINE_integer("fidelity_seeds", 2, "Seeds (schedules, DSA draws) per (N, t).", lower_bound=1)
-flags.DEFINE_integer("expert_epochs", 2, "M of the fidelity part.", lower_bound=1)
-flags.DEFINE_float("syn_lr", 0.01, "α of the fidelity part.")
-flags.DEFINE_integer("ipc", 10, "Real images per class in the fidelity synthetic set.", lower_bound=1)
-flags.DEFINE_string("expert_store", "/tmp/tesla_tf_benchmark_experts", "Trajectory store of the expert.")
-flags.DEFINE_integer("expert_width", 128, "ConvNet width of the fidelity expert (and student).", lower_bound=1)
-flags.DEFINE_integer("expert_train_examples", 20000, "Fashion-MNIST training images of the expert.",
-                     lower_bound=256)
-flags.DEFINE_bool("fidelity_unrolled_check", True, "Also compare exact with unrolled at the smallest N.")
+flags.DEFINE_list("fidelity_steps", [str(n) for n in _D.fidelity_steps], "N values of the fidelity part.")
+flags.DEFINE_list("fidelity_start_epochs", [str(t) for t in _D.fidelity_start_epochs],
+                  "Start epochs t of the fidelity part.")
+flags.DEFINE_integer("fidelity_seeds", _D.fidelity_seeds, "Seeds (schedules, DSA draws) per (N, t).",
+                     lower_bound=1)
+flags.DEFINE_integer("expert_epochs", _D.expert_epochs, "M of the fidelity part.", lower_bound=1)
+flags.DEFINE_float("syn_lr", _D.syn_lr, "α of the fidelity part.")
+flags.DEFINE_integer("ipc", _D.ipc, "Real images per class in the fidelity synthetic set.", lower_bound=1)
+flags.DEFINE_string("expert_store", _D.expert_store, "Trajectory store of the expert.")
+flags.DEFINE_integer("expert_width", _D.expert_width, "ConvNet width of the fidelity expert (and student).",
+                     lower_bound=1)
+flags.DEFINE_integer("expert_train_examples", _D.expert_train_examples,
+                     "Fashion-MNIST training images of the expert.", lower_bound=256)
+flags.DEFINE_bool("fidelity_unrolled_check", _D.fidelity_unrolled_check,
+                  "Also compare exact with unrolled at the smallest N.")
 # io
-flags.DEFINE_string("out_dir", os.path.join(REPO, "docs"), "Where the json, markdown and png go.")
-flags.DEFINE_string("results", None, "Results json (default <out_dir>/benchmark_results.json).")
-# child-only
-flags.DEFINE_enum("child", None, ["speed", "fidelity"], "Internal: run one measurement and print JSON.")
-flags.DEFINE_string("child_mode", "tesla", "Internal: mode of a speed child.")
-flags.DEFINE_integer("child_steps", 5, "Internal: N of a speed child.")
-
+flags.DEFINE_string("out_dir", _D.out_dir, "Where the json, markdown and png go.")
+flags.DEFINE_string("results", _D.results, "Results json (default <out_dir>/benchmark_results.json).")
+# one measurement in this process
+flags.DEFINE_enum("child", None, list(speed.MEASUREMENTS), "Run one measurement here and print its JSON "
+                  "record (what the child processes do).")
+flags.DEFINE_string("child_mode", "tesla", "Mode of a --child=speed measurement.")
+flags.DEFINE_integer("child_steps", 5, "N of a --child=speed measurement.")
 FLAGS = flags.FLAGS
-
-
-# --------------------------------------------------------------------------- process memory helpers
-
-
-def _status_kb(pid, key):
-  """A field of /proc/<pid>/status in kB (VmRSS, VmHWM), or None once the process is gone."""
-  try:
-    with open(f"/proc/{pid}/status") as f:
-      for line in f:
-        if line.startswith(key + ":"):
-          return int(line.split()[1])
-  except (FileNotFoundError, ProcessLookupError):
-    return None
-  return None
-
-
-def _mem_available_gb():
-  with open("/proc/meminfo") as f:
-    for line in f:
-      if line.startswith("MemAvailable:"):
-        return int(line.split()[1]) * 1e3 / GB
-  return float("inf")
-
-
-def _reset_peak_rss():
-  """Resets this process's VmHWM (Linux ≥ 4.0); returns False where that is not allowed."""
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
-
-
-def _tf_peak_gb(tf):
-  try:
-    return tf.config.experimental.get_memory_info("CPU:0")["peak"] / GB
-  except (ValueError, RuntimeError, KeyError):
-    return None
-
-
-# --------------------------------------------------------------------------- children
-
-
-def _speed_child(mode, steps):
-  """One (mode, N) measurement in this fresh process; returns the JSON record."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tesla_tf import augment, models  # pylint: disable=g-import-not-at-top
-  from tesla_tf.distill import matching  # pylint: disable=g-import-not-at-top
-  from tesla_tf.models.flat import FlatModel  # pylint: disable=g-import-not-at-top
-
-  n, shape, classes = FLAGS.batch_syn, (32, 32, 3), 10
-  fmodel = FlatModel(models.build("convnet", classes, shape, seed=0, width=FLAGS.width))
-  rng = np.random.default_rng(0)
-  # Near a PyTorch-style init: the segment of an early expert epoch, roughly.
-  start = fmodel.initial_flat(1) + tf.constant(rng.normal(scale=0.01, size=fmodel.num_params), tf.float32)
-  target = start + tf.constant(rng.normal(scale=0.01, size=fmodel.num_params), tf.float32)
-  images = tf.Variable(rng.normal(size=(n,) + shape).astype(np.float32))
-  labels = tf.one_hot(np.arange(n) % classes, classes)
-  strategy = FLAGS.dsa_strategy
-
-  @tf.function
-  def iteration(lr, seed):
-    schedule = matching.make_schedule(n, steps, FLAGS.batch_syn, seed)
-    aug = None
-    if strategy != "none":
-      aug = augment.sample_steps(strategy, steps, [FLAGS.batch_syn, *shape], seed + 1)
-    out = matching.matching_gradients(fmodel, start, target, tf.convert_to_tensor(images), labels, lr,
-                                      schedule, mode=mode, augment_params=aug,
-                                      jit_compile=FLAGS.jit and mode != "unrolled",
-                                      row_chunks=1 if mode == "unrolled" else FLAGS.row_chunks)
-    images.assign_sub(100.0 * out.images_grad)  # an outer step, so that iterations differ
-    return out.loss, out.lr_grad
-
-  lr = tf.constant(0.01)
-  baseline_gb = _status_kb(os.getpid(), "VmRSS") * 1e3 / GB
-  t0, c0 = time.perf_counter(), time.process_time()
-  loss, _ = iteration(lr, tf.constant([0, 0]))
-  float(loss)
-  warmup = (time.perf_counter() - t0, time.process_time() - c0)
-  warm_peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1e3 / GB
-  can_reset = _reset_peak_rss()
-  iters = FLAGS.big_iters if steps >= FLAGS.big_n else FLAGS.iters
-  walls, cpus = [], []
-  for it in range(iters):
-    t0, c0 = time.perf_counter(), time.process_time()
-    loss, _ = iteration(lr, tf.constant([it + 1, 0]))
-    float(loss)  # the only host sync: one per outer iteration
-    walls.append(time.perf_counter() - t0)
-    cpus.append(time.process_time() - c0)
-  if not walls:
-    walls, cpus = [warmup[0]], [warmup[1]]
-  peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1e3 / GB
-  timed_peak_gb = _status_kb(os.getpid(), "VmHWM") * 1e3 / GB if can_reset and iters else None
-  return {
-      "part": "speed", "mode": mode, "steps": steps, "tag": FLAGS.tag, "jit": FLAGS.jit,
-      "row_chunks": FLAGS.row_chunks, "iters": iters,
-      "num_params": fmodel.num_params, "s_per_iter": float(np.median(walls)), "s_per_iter_all": walls,
-      "cpu_s_per_iter": float(np.median(cpus)), "cpu_s_per_iter_all": cpus,
-      "warmup_s": warmup[0], "warmup_cpu_s": warmup[1],
-      "baseline_rss_gb": baseline_gb, "peak_rss_gb": peak_gb, "above_baseline_gb": peak_gb - baseline_gb,
-      "warmup_peak_rss_gb": warm_peak_gb, "timed_peak_rss_gb": timed_peak_gb,
-      "timed_above_baseline_gb": None if timed_peak_gb is None else timed_peak_gb - baseline_gb,
-      "tf_peak_gb": _tf_peak_gb(tf), "loss": float(loss), "tf_version": tf.__version__,
-      "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
-
-
-def _expert_trajectory(last_epoch):
-  """[last_epoch + 1, P] flat params of a Fashion-MNIST expert, trained (once) into --expert_store."""
-  from tesla_tf import experts  # pylint: disable=g-import-not-at-top
-  config = experts.ExpertConfig(
-      dataset="fashion_mnist", store_dir=FLAGS.expert_store, model="convnet",
-      model_kwargs={"width": FLAGS.expert_width}, preprocessing="normalize", num_experts=1, epochs=last_epoch,
-      lr_teacher=0.01, batch_size=256, augment_strategy=FLAGS.dsa_strategy, seed=0,
-      max_train_examples=FLAGS.expert_train_examples, verbose=2)
-  started = time.perf_counter()
-  store = experts.train_experts(config)
-  trajectory = store.read(0)
-  return trajectory, store.info(0), time.perf_counter() - started
-
-
-def _fidelity_child():
-  """tesla vs exact image gradients on real expert segments; returns the JSON record."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tesla_tf import augment, models  # pylint: disable=g-import-not-at-top
-  from tesla_tf.data import preprocess, sources  # pylint: disable=g-import-not-at-top
-  from tesla_tf.distill import matching  # pylint: disable=g-import-not-at-top
-  from tesla_tf.models.flat import FlatModel  # pylint: disable=g-import-not-at-top
-
-  starts = [int(t) for t in FLAGS.fidelity_start_epochs]
-  trajectory, expert_info, expert_s = _expert_trajectory(max(starts) + FLAGS.expert_epochs)
-  info = sources.get_info("fashion_mnist")
-  x_train, y_train = sources.load_numpy("fashion_mnist", "train")
-  pre = preprocess.build("normalize", info)
-  rng = np.random.default_rng(0)
-  rows = np.concatenate([rng.choice(np.flatnonzero(y_train == c), FLAGS.ipc, replace=False)
-                         for c in range(info.num_classes)])
-  images = tf.constant(pre.apply(x_train[rows]), tf.float32)
-  labels = tf.one_hot(y_train[rows], info.num_classes)
-  n = images.shape[0]
-  fmodel = FlatModel(models.build("convnet", info.num_classes, info.image_shape, width=FLAGS.expert_width))
-  lr = tf.constant(FLAGS.syn_lr, tf.float32)
-  strategy = FLAGS.dsa_strategy
-  batch_syn = min(FLAGS.batch_syn, n)
-
-  def grads(mode, steps, start, target, seed):
-    schedule = matching.make_schedule(n, steps, batch_syn, seed)
-    aug = None
-    if strategy != "none":
-      aug = augment.sample_steps(strategy, steps, [batch_syn, *info.image_shape], seed + 1)
-    return matching.matching_gradients(fmodel, start, target, images, labels, lr, schedule, mode=mode,
-                                       augment_params=aug)
-
-  compiled = {}
-  records = []
-  for steps in [int(s) for s in FLAGS.fidelity_steps]:
-    for mode in ("tesla", "exact") + (("unrolled",) if FLAGS.fidelity_unrolled_check and
-                                      steps == min(int(s) for s in FLAGS.fidelity_steps) else ()):
-      compiled[mode, steps] = tf.function(lambda a, b, s, m=mode, k=steps: grads(m, k, a, b, s))
-    for t in starts:
-      start, target = (tf.constant(trajectory[e]) for e in (t, t + FLAGS.expert_epochs))
-      for seed in range(FLAGS.fidelity_seeds):
-        seed_t = tf.constant([1000 * steps + seed, t])
-        out = {m: compiled[m, k](start, target, seed_t) for (m, k) in compiled if k == steps}
-        te, ex = out["tesla"].images_grad.numpy().ravel(), out["exact"].images_grad.numpy().ravel()
-        rec = {"steps": steps, "start_epoch": t, "seed": seed, "loss": float(out["exact"].loss),
-               "cos": float(te @ ex / (np.linalg.norm(te) * np.linalg.norm(ex))),
-               "rel_error": float(np.linalg.norm(te - ex) / np.linalg.norm(ex)),
-               "norm_ratio": float(np.linalg.norm(te) / np.linalg.norm(ex)),
-               "lr_grad_tesla": float(out["tesla"].lr_grad), "lr_grad_exact": float(out["exact"].lr_grad)}
-        if "unrolled" in out:
-          un = out["unrolled"].images_grad.numpy().ravel()
-          rec["exact_vs_unrolled_rel_error"] = float(np.linalg.norm(ex - un) / np.linalg.norm(un))
-        records.append(rec)
-        logging.info("fidelity %s", rec)
-  return {"part": "fidelity", "records": records, "expert_info": expert_info, "expert_s": expert_s,
-          "num_params": fmodel.num_params, "ipc": FLAGS.ipc, "syn_lr": FLAGS.syn_lr,
-          "expert_width": FLAGS.expert_width, "expert_train_examples": FLAGS.expert_train_examples,
-          "expert_epochs": FLAGS.expert_epochs, "batch_syn": batch_syn, "dsa_strategy": strategy}
-
-
-# --------------------------------------------------------------------------- parent
-
-
-def run_child(args, label, script=__file__):
-  """Runs `script` (this one by default) as a child with `args`, watching its RSS.
-
-  Returns (record or None, notes dict)."""
-  cmd = [sys.executable, os.path.abspath(script)] + args
-  logging.info("child %s: %s", label, " ".join(cmd[1:]))
-  load_before = os.getloadavg()
-  started = time.perf_counter()
-  # Files, not pipes: a child blocked on a full pipe would stall while being watched.
-  out_file, err_file = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-  proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, cwd=REPO)
-  max_rss_gb, stopped = 0.0, None
-  while proc.poll() is None:
-    rss = _status_kb(proc.pid, "VmRSS")
-    if rss is not None:
-      max_rss_gb = max(max_rss_gb, rss * 1e3 / GB)
-      available = _mem_available_gb()
-      if max_rss_gb > FLAGS.memory_cap_gb or available < FLAGS.min_available_gb:
-        stopped = (f"stopped at {max_rss_gb:.1f} GB RSS" +
-                   ("" if max_rss_gb > FLAGS.memory_cap_gb else
-                    f" (machine MemAvailable {available:.1f} GB)"))
-        proc.kill()
-        break
-    time.sleep(0.25)
-  proc.wait()
-  out_file.seek(0)
-  err_file.seek(0)
-  out, err = out_file.read(), err_file.read()
-  out_file.close()
-  err_file.close()
-  notes = {"wall_s": time.perf_counter() - started, "watched_max_rss_gb": max_rss_gb,
-           "load_before": load_before, "load_after": os.getloadavg()}
-  if stopped:
-    notes["stopped"] = stopped
-    logging.warning("child %s %s", label, stopped)
-    return None, notes
-  if proc.returncode != 0:
-    notes["error"] = err.strip().splitlines()[-5:]
-    logging.error("child %s failed (%d):\n%s", label, proc.returncode, "\n".join(err.splitlines()[-30:]))
-    return None, notes
-  record = json.loads(out.strip().splitlines()[-1])
-  return record, notes
-
-
-def _projected_gb(records, steps):
-  """Linear fit of peak RSS against N over the measured records, evaluated at `steps`."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  points = [(r["steps"], r["peak_rss_gb"]) for r in records if "peak_rss_gb" in r]
-  if len(points) < 2:
-    return None
-  slope, intercept = np.polyfit([p[0] for p in points], [p[1] for p in points], 1)
-  return float(slope * steps + intercept)
-
-
-def _speed_part(results):
-  """N in the outer loop, modes inside, so that the runs compared at one N are close in time (load)."""
-  steps_list = sorted(int(s) for s in FLAGS.syn_steps)
-  done, stopped = {m: [] for m in FLAGS.modes}, {}
-  for steps in steps_list:
-    for mode in FLAGS.modes:
-      key = {"part": "speed", "mode": mode, "steps": steps, "tag": FLAGS.tag}
-      projected = _projected_gb(done[mode], steps) if mode == "unrolled" else None
-      previous = next((r for r in results["records"] if all(r.get(k) == v for k, v in key.items())), None)
-      if FLAGS.resume and previous and "s_per_iter" in previous:
-        done[mode].append(previous)
-        continue
-      if mode in stopped:
-        record = {**key, "skipped": f"larger N than a run {stopped[mode]}"}
-      elif projected is not None and projected > FLAGS.memory_cap_gb:
-        record = {**key, "skipped": f"projected {projected:.1f} GB > cap {FLAGS.memory_cap_gb:g} GB"}
-      else:
-        record, notes = run_child(["--child=speed", f"--child_mode={mode}", f"--child_steps={steps}",
-                                    f"--iters={FLAGS.iters}", f"--big_n={FLAGS.big_n}",
-                                    f"--big_iters={FLAGS.big_iters}", f"--batch_syn={FLAGS.batch_syn}",
-                                    f"--width={FLAGS.width}", f"--dsa_strategy={FLAGS.dsa_strategy}",
-                                    f"--tag={FLAGS.tag}", f"--jit={FLAGS.jit}",
-                                    f"--row_chunks={FLAGS.row_chunks}"], f"{mode} N={steps}")
-        record = {**key, **(record or {}), **notes}
-        if "s_per_iter" in record:
-          done[mode].append(record)
-        if "stopped" in record:
-          stopped[mode] = record["stopped"]
-      logging.info("%s N=%d: %s", mode, steps,
-                   {k: record.get(k) for k in ("s_per_iter", "cpu_s_per_iter", "peak_rss_gb",
-                                               "above_baseline_gb", "tf_peak_gb", "stopped", "skipped")})
-      _store(results, record, ("part", "mode", "steps", "tag"))
-
-
-def _fidelity_part(results):
-  args = ["--child=fidelity", f"--fidelity_steps={','.join(FLAGS.fidelity_steps)}",
-          f"--fidelity_start_epochs={','.join(FLAGS.fidelity_start_epochs)}",
-          f"--fidelity_seeds={FLAGS.fidelity_seeds}", f"--expert_epochs={FLAGS.expert_epochs}",
-          f"--syn_lr={FLAGS.syn_lr}", f"--ipc={FLAGS.ipc}", f"--expert_store={FLAGS.expert_store}",
-          f"--expert_width={FLAGS.expert_width}", f"--expert_train_examples={FLAGS.expert_train_examples}",
-          f"--batch_syn={FLAGS.batch_syn}", f"--dsa_strategy={FLAGS.dsa_strategy}",
-          f"--fidelity_unrolled_check={FLAGS.fidelity_unrolled_check}"]
-  record, notes = run_child(args, "fidelity")
-  _store(results, {"part": "fidelity", **(record or {}), **notes}, ("part",))
-
-
-def _store(results, record, key_fields):
-  results["records"] = [r for r in results["records"]
-                        if any(r.get(k) != record.get(k) for k in key_fields)] + [record]
-  with open(_results_path(), "w") as f:
-    json.dump(results, f, indent=1)
-
-
-def _results_path():
-  return FLAGS.results or os.path.join(FLAGS.out_dir, "benchmark_results.json")
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _fmt(value, digits=2):
-  return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _speed_rows(records):
-  by = {(r["mode"], r["steps"]): r for r in records}
-  lines = ["| mode | N | s/iter (wall) | CPU s/iter | peak RSS GB | above baseline GB | timed-iteration "
-           "peak RSS GB (above baseline) | TF allocator peak GB | load avg (1 min) before → after |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for mode in MODES:
-    for steps in sorted({s for m, s in by if m == mode}):
-      r = by[mode, steps]
-      if "s_per_iter" not in r:
-        why = r.get("skipped") or r.get("stopped") or "failed: " + " ".join(r.get("error", []))[-120:]
-        lines.append(f"| {mode} | {steps} | {why} | | | | | | |")
-        continue
-      timed = (f"{_fmt(r['timed_peak_rss_gb'])} ({_fmt(r['timed_above_baseline_gb'])})"
-               if r.get("timed_peak_rss_gb") is not None else "–")
-      iters = ("" if r["iters"] == 2 else f" (k={r['iters']})" if r["iters"] else " (warm-up incl. trace)")
-      lines.append(
-          f"| {mode} | {steps} | {_fmt(r['s_per_iter'], 1)}{iters} | {_fmt(r['cpu_s_per_iter'], 1)} | "
-          f"{_fmt(r['peak_rss_gb'])} | {_fmt(r['above_baseline_gb'])} | {timed} | {_fmt(r['tf_peak_gb'])} | "
-          f"{r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")
-  return lines
-
-
-def _targets(records):
-  by = {(r["mode"], r["steps"]): r for r in records if "s_per_iter" in r}
-  lines = []
-
-  def check(name, ok, detail):
-    if ok is None:
-      lines.append(f"- {name}: NOT MEASURED ({detail})")
-    else:
-      lines.append(f"- {name}: **{'PASS' if ok else 'FAIL'}** — {detail}")
-
-  for mode in ("tesla", "exact"):
-    a, b = by.get((mode, 5)), by.get((mode, 80))
-    if a and b:
-      ratio = b["peak_rss_gb"] / a["peak_rss_gb"]
-      above = (b["above_baseline_gb"] / a["above_baseline_gb"]) if a["above_baseline_gb"] > 0 else None
-      check(f"{mode}: peak RSS at N=80 ≤ 1.25 × at N=5", ratio <= 1.25,
-            f"{b['peak_rss_gb']:.2f} / {a['peak_rss_gb']:.2f} GB = {ratio:.2f}× (above baseline: "
-            f"{b['above_baseline_gb']:.2f} / {a['above_baseline_gb']:.2f} GB = {_fmt(above)}×)")
-    else:
-      check(f"{mode}: peak RSS at N=80 ≤ 1.25 × at N=5", None, "N=5 or N=80 missing")
-  u = by.get(("unrolled", 20))
-  for mode in ("tesla", "exact"):
-    r = by.get((mode, 20))
-    if u and r:
-      raw = u["peak_rss_gb"] / r["peak_rss_gb"]
-      above = u["above_baseline_gb"] / r["above_baseline_gb"]
-      check(f"{mode}: N=20 memory ≥ 8 × lower than unrolled (above baseline)", above >= 8,
-            f"above baseline {u['above_baseline_gb']:.2f} / {r['above_baseline_gb']:.2f} GB = {above:.1f}×; "
-            f"raw peak RSS {u['peak_rss_gb']:.2f} / {r['peak_rss_gb']:.2f} GB = {raw:.1f}× "
-            f"({'≥' if raw >= 8 else '<'} 8 raw)")
-    else:
-      check(f"{mode}: N=20 memory ≥ 8 × lower than unrolled", None, "a run is missing")
-  u = by.get(("unrolled", 10))
-  for mode, limit in (("tesla", 1.3), ("exact", 1.35)):
-    r = by.get((mode, 10))
-    if u and r:
-      wall, cpu = r["s_per_iter"] / u["s_per_iter"], r["cpu_s_per_iter"] / u["cpu_s_per_iter"]
-      check(f"{mode}: time per iteration at N=10 ≤ {limit} × unrolled", wall <= limit,
-            f"wall {r['s_per_iter']:.1f} / {u['s_per_iter']:.1f} s = {wall:.2f}×; CPU "
-            f"{r['cpu_s_per_iter']:.1f} / {u['cpu_s_per_iter']:.1f} s = {cpu:.2f}× "
-            f"({'≤' if cpu <= limit else '>'} {limit} in CPU time)")
-    else:
-      check(f"{mode}: time at N=10 ≤ {limit} × unrolled", None, "a run is missing")
-  return lines
-
-
-def _fidelity_rows(record):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  if not record or "records" not in record:
-    why = (record or {}).get("stopped") or " ".join((record or {}).get("error", ["not run"]))
-    return [f"Fidelity part not available: {why}"]
-  recs = record["records"]
-  lines = ["| N | runs (start epochs × seeds) | cos(tesla, exact) mean [min, max] | rel. error ‖tesla − exact‖/‖exact‖ "
-           "mean [min, max] | ‖tesla‖/‖exact‖ mean | exact vs unrolled rel. error |",
-           "|---|---|---|---|---|---|"]
-  for steps in sorted({r["steps"] for r in recs}):
-    rs = [r for r in recs if r["steps"] == steps]
-    cos, rel = [r["cos"] for r in rs], [r["rel_error"] for r in rs]
-    unrolled = [r["exact_vs_unrolled_rel_error"] for r in rs if "exact_vs_unrolled_rel_error" in r]
-    lines.append(f"| {steps} | {len(rs)} | {np.mean(cos):.3f} [{min(cos):.3f}, {max(cos):.3f}] | "
-                 f"{np.mean(rel):.3f} [{min(rel):.3f}, {max(rel):.3f}] | "
-                 f"{np.mean([r['norm_ratio'] for r in rs]):.3f} | "
-                 f"{f'{max(unrolled):.1e} (max)' if unrolled else '–'} |")
-  info = record.get("expert_info", {})
-  acc = info.get("test_accuracy")
-  lines += ["", f"Expert: ConvNet width {record['expert_width']} ({record['num_params']:,} params), "
-            f"{record['expert_train_examples']:,} Fashion-MNIST train images, SGD lr 0.01 batch 256, DSA, "
-            f"test accuracy per epoch {acc}; expert training + fidelity child wall time "
-            f"{record.get('wall_s', 0) / 60:.0f} min. Synthetic set: IPC {record['ipc']} real images "
-            f"(normalised), α = {record['syn_lr']}, batch_syn {record['batch_syn']}, M = "
-            f"{record['expert_epochs']}, DSA {record['dsa_strategy']}."]
-  return lines
-
-
-def _variant_rows(results):
-  """Runs made with a --tag (e.g. --jit), beside the untagged run at the same (mode, N)."""
-  speed = [r for r in results["records"] if r.get("part") == "speed" and "s_per_iter" in r]
-  base = {(r["mode"], r["steps"]): r for r in speed if not r.get("tag")}
-  tagged = sorted((r for r in speed if r.get("tag")), key=lambda r: (r["tag"], r["mode"], r["steps"]))
-  if not tagged:
-    return []
-  lines = ["### Variants (--tag runs) against the default run", "",
-           "| tag | mode | N | CPU s/iter (default) | wall s/iter (default) | peak RSS GB (default) | "
-           "above baseline GB (default) | load before → after |", "|---|---|---|---|---|---|---|---|"]
-  for r in tagged:
-    d = base.get((r["mode"], r["steps"]), {})
-    lines.append(f"| {r['tag']} | {r['mode']} | {r['steps']} | {_fmt(r['cpu_s_per_iter'], 1)} "
-                 f"({_fmt(d.get('cpu_s_per_iter'), 1)}) | {_fmt(r['s_per_iter'], 1)} ({_fmt(d.get('s_per_iter'), 1)}) | "
-                 f"{_fmt(r['peak_rss_gb'])} ({_fmt(d.get('peak_rss_gb'))}) | {_fmt(r['above_baseline_gb'])} "
-                 f"({_fmt(d.get('above_baseline_gb'))}) | {r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")
-  return lines + [""]
-
-
-def _plot(records, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-  all_steps = sorted({r["steps"] for r in records})
-  for mode, marker, colour in zip(MODES, "o^s", ("C0", "C1", "C2")):
-    rs = sorted((r for r in records if r["mode"] == mode and "s_per_iter" in r), key=lambda r: r["steps"])
-    if not rs:
-      continue
-    steps = [r["steps"] for r in rs]
-    axes[0].plot(steps, [r["peak_rss_gb"] for r in rs], marker=marker, color=colour, label=mode)
-    axes[1].plot(steps, [r["above_baseline_gb"] for r in rs], marker=marker, color=colour, label=mode)
-    axes[2].plot(steps, [r["cpu_s_per_iter"] for r in rs], marker=marker, color=colour, label=f"{mode} CPU")
-    axes[2].plot(steps, [r["s_per_iter"] for r in rs], marker=marker, color=colour, ls=":", alpha=0.5,
-                 label=f"{mode} wall")
-    for r in records:
-      if r["mode"] == mode and "stopped" in r:
-        axes[0].scatter([r["steps"]], [r["watched_max_rss_gb"]], marker="x", color=colour)
-  axes[0].set(title="peak RSS (whole process)", xlabel="N (syn_steps)", ylabel="GB")
-  axes[1].set(title="peak RSS above the pre-iteration baseline", xlabel="N (syn_steps)", ylabel="GB")
-  axes[2].set(title="time per outer iteration (CPU = user+sys, 2 threads)", xlabel="N (syn_steps)",
-              ylabel="s", yscale="log")
-  for ax in axes:
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(all_steps, [str(s) for s in all_steps])
-    ax.minorticks_off()
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle("ConvNet-3 (320,010 params), 32×32×3, batch_syn 100, DSA, float32 — TF 2.21 CPU, 2 cores")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def _report(results):
-  records = [r for r in results["records"] if r.get("part") == "speed" and r.get("tag", "") == FLAGS.tag]
-  fidelity = next((r for r in results["records"] if r.get("part") == "fidelity"), None)
-  png = os.path.join(FLAGS.out_dir, "benchmark_memory.png")
-  if records:
-    _plot(records, png)
-  lines = [BEGIN, "", f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{os.path.relpath(_results_path(), REPO)}`.",
-           "", "### Speed and memory", ""] + _speed_rows(records) + [
-           "", "### Targets", ""] + _targets(records) + [
-           "", f"![memory and time vs N]({os.path.basename(png)})", ""] + _variant_rows(results) + [
-           "",
-           "### tesla vs exact image gradients on a real expert (Fashion-MNIST)", ""] + _fidelity_rows(fidelity) + [
-           "", END]
-  doc = os.path.join(FLAGS.out_dir, "benchmarks.md")
-  text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n\n"
-  if BEGIN in text and END in text:
-    text = text[:text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
-  else:
-    text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-  with open(doc, "w") as f:
-    f.write(text)
-  logging.info("wrote %s and %s", doc, png)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Every field of the config is the flag of the same name.
+  config = speed.SpeedConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(speed.SpeedConfig)})
   if FLAGS.child == "speed":
-    print(json.dumps(_speed_child(FLAGS.child_mode, FLAGS.child_steps)), flush=True)
-    return
-  if FLAGS.child == "fidelity":
-    print(json.dumps(_fidelity_child()), flush=True)
-    return
-  unknown = set(FLAGS.parts) - set(PARTS) or set(FLAGS.modes) - set(MODES)
-  if unknown:
-    raise app.UsageError(f"Unknown --parts/--modes value(s) {sorted(unknown)}.")
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  results = {"records": []}
-  if os.path.exists(_results_path()):
-    with open(_results_path()) as f:
-      results = json.load(f)
-  results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-  if "speed" in FLAGS.parts:
-    _speed_part(results)
-  if "fidelity" in FLAGS.parts:
-    _fidelity_part(results)
-  if "report" in FLAGS.parts:
-    _report(results)
+    print(json.dumps(speed.measure_speed(config, FLAGS.child_mode, FLAGS.child_steps)), flush=True)
+  elif FLAGS.child == "fidelity":
+    print(json.dumps(speed.measure_fidelity(config)), flush=True)
+  else:
+    speed.run(config)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

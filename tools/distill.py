@@ -6,11 +6,11 @@ Parses flags into a DistillConfig and calls tesla_tf.distill.loop.distill. Re-ru
 --run_dir resumes from its last checkpoint.
 """
 
+import dataclasses
 import os
 import sys
 
 from absl import app, flags, logging
-import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tesla_tf import augment, cli, models  # pylint: disable=wrong-import-position
@@ -67,11 +67,10 @@ flags.DEFINE_string("run_dir", None, "Run directory: checkpoints, TensorBoard, d
 flags.DEFINE_integer("save_every", 100, "Checkpoint every this many iterations.", lower_bound=1)
 flags.DEFINE_integer("log_every", 10, "Log scalars every this many iterations.", lower_bound=1)
 flags.DEFINE_integer("log_images_every", 500, "Log an image grid every this many iterations.", lower_bound=1)
+flags.DEFINE_integer("max_image_classes", 100, "Classes shown in the TensorBoard image grid.", lower_bound=1)
 flags.DEFINE_float("max_image_rms", 100.0, "Stop (divergence) when the synthetic images' RMS exceeds this "
                    "many times the initial set's.", lower_bound=1.0)
 flags.mark_flags_as_required(["store_dir", "run_dir"])
-
-
 
 
 @flags.validator("eval_models")
@@ -88,34 +87,16 @@ flags.register_validator("dsa_strategy", augment.is_strategy,
 
 
 def config_from_flags():
-  """The DistillConfig of the parsed flags."""
-  return loop.DistillConfig(
-      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, store_dir=FLAGS.store_dir, run_dir=FLAGS.run_dir,
-      ipc=FLAGS.ipc, syn_steps=FLAGS.syn_steps, expert_epochs=FLAGS.expert_epochs,
-      max_start_epoch=FLAGS.max_start_epoch, lr_img=FLAGS.lr_img, lr_lr=FLAGS.lr_lr,
-      lr_labels=FLAGS.lr_labels, lr_teacher=FLAGS.lr_teacher, batch_syn=FLAGS.batch_syn,
-      pix_init=FLAGS.pix_init, labels=FLAGS.labels, label_temperature=FLAGS.label_temperature,
-      label_mix=FLAGS.label_mix, mode=FLAGS.mode, strategy=FLAGS.strategy,
-      row_chunks=FLAGS.row_chunks,
-      halve_tesla_image_grad=FLAGS.halve_tesla_image_grad, dsa_strategy=FLAGS.dsa_strategy,
-      iterations=FLAGS.iterations, seed=FLAGS.seed, save_every=FLAGS.save_every, log_every=FLAGS.log_every,
-      log_images_every=FLAGS.log_images_every, eval_every=FLAGS.eval_every,
-      eval_models=tuple(FLAGS.eval_models), num_eval=FLAGS.num_eval, eval_epochs=FLAGS.eval_epochs,
-      max_image_rms=FLAGS.max_image_rms, flags_text=own_flags_text())
-
-
-def own_flags_text():
-  """This tool's flags as `--name=value` lines (what flags.cfg holds and TensorBoard shows)."""
-  own = FLAGS.flags_by_module_dict().get(sys.argv[0]) or FLAGS.flags_by_module_dict().get(__name__, [])
-  return "\n".join(f.serialize() for f in own if f.serialize())
+  """The DistillConfig of the parsed flags (every field is the flag of the same name)."""
+  values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(loop.DistillConfig)}
+  return loop.DistillConfig(**{**values, "eval_models": tuple(values["eval_models"])})
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  tf.config.experimental.enable_op_determinism()
   config = config_from_flags()
-  loop.distill(config)  # writes <run_dir>/flags.cfg once the settings are accepted
+  loop.distill(config)  # writes <run_dir>/flags.cfg and config.json once the settings are accepted
   logging.info("Distilled set: %s", os.path.join(config.run_dir, "distilled"))
 
 

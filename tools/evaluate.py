@@ -22,9 +22,10 @@ from tesla_tf import models
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # io
-flags.DEFINE_string("run_dir", "", "Run directory: reads <run_dir>/distilled (or distilled.npz), writes "
-                    "<run_dir>/eval.json and <run_dir>/tensorboard.")
-flags.DEFINE_string("distilled_dir", "", "An exported set (or .npz) to evaluate instead of a run's.")
+flags.DEFINE_string("run_dir", "", "Run directory: reads <run_dir>/distilled, writes <run_dir>/eval.json and "
+                    "<run_dir>/tensorboard.")
+flags.DEFINE_string("distilled_dir", "", "An export directory (holding metadata.json, written by a run or "
+                    "tools/export.py) to evaluate instead of a run's.")
 flags.DEFINE_string("out", "", "Results file (default <run_dir>/eval.json, else <distilled_dir>/eval.json).")
 flags.DEFINE_string("logdir", "", "TensorBoard directory (default <run_dir>/tensorboard; none without run_dir).")
 # data
@@ -64,11 +65,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   source = FLAGS.run_dir or FLAGS.distilled_dir
-  out = FLAGS.out or os.path.join(source if os.path.isdir(source) else os.path.dirname(source), "eval.json")
+  out = FLAGS.out or os.path.join(source, "eval.json")
   logdir = FLAGS.logdir or (os.path.join(FLAGS.run_dir, "tensorboard") if FLAGS.run_dir else None)
   config = evaluate.EvalConfig(
       models=tuple(FLAGS.models), num_eval=FLAGS.num_eval, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-      momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, augment_strategy=FLAGS.dsa_strategy,
+      momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, dsa_strategy=FLAGS.dsa_strategy,
       seed=FLAGS.seed, lr=FLAGS.lr, data_dir=FLAGS.data_dir, baseline=FLAGS.baseline,
       eval_test_every=FLAGS.eval_test_every, log_every=max(1, FLAGS.epochs // 10))
   results = evaluate.evaluate_path(source, config, out_path=out, logdir=logdir)

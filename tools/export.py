@@ -1,12 +1,11 @@
 """Export a distilled set as TFRecord shards + metadata.json (readable by tfds.builder_from_directory).
 
-  python tools/export.py --source=RUN_DIR                 # -> RUN_DIR/distilled/
-  python tools/export.py --source=set.npz --out_dir=DIR
-  python tools/export.py --source=EXPORT_DIR --out_dir=DIR  # re-shard / copy an export
+  python tools/export.py --source=RUN_DIR --out_dir=DIR     # a run's distilled/ export, copied to DIR
+  python tools/export.py --source=EXPORT_DIR --shard_size=100  # re-shard an export in place
 
---source is a run directory (its distilled/ export, else its distilled.npz), an export directory, or an
-.npz written by tesla_tf.data.distilled.save_npz (keys images, labels, lr, metadata). ZCA matrices are
-read from beside the source unless --preprocessing_dir says otherwise.
+--source is an export directory (holding metadata.json) or a run directory (holding distilled/, which a
+distillation run writes). ZCA matrices are read from the source's export unless --preprocessing_dir
+says otherwise.
 """
 
 import os
@@ -19,10 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tesla_tf import cli  # pylint: disable=wrong-import-position
 from tesla_tf.data import distilled  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-flags.DEFINE_string("source", None, "Run directory, export directory or .npz holding the distilled set.")
-flags.DEFINE_string("out_dir", "", "Export directory (default: <source>/distilled for a run directory).")
+flags.DEFINE_string("source", None, "The distilled set: an export directory (holding metadata.json) or a "
+                    "run directory (holding distilled/).")
+flags.DEFINE_string("out_dir", "", "Export directory (default: the source's own export, rewritten in place).")
 flags.DEFINE_string("preprocessing_dir", "", "Directory holding the preprocessing files (zca.npz), "
-                    "default: beside the source.")
+                    "default: the source's export.")
 flags.DEFINE_integer("shard_size", distilled.SHARD_SIZE, "Maximum examples per TFRecord shard.",
                      lower_bound=1)
 flags.mark_flag_as_required("source")

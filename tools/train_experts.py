@@ -57,7 +57,7 @@ flags.DEFINE_enum("strategy", "none", sorted(multi_worker.STRATEGIES),
                   "TF_CONFIG environment variable; every worker runs the same command (its own TF_CONFIG "
                   "task), --batch_train is the global batch, and only the chief (task 0) writes the store.")
 flags.DEFINE_integer("seed", 0, "Base seed; expert i's init and data order derive from (seed, i).")
-flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.",
+flags.DEFINE_integer("verbose", 1, "Progress: 0 silent, 1 or 2 one log line per epoch.",
                      lower_bound=0, upper_bound=2)
 # io
 flags.DEFINE_string("store_dir", None, "Trajectory store directory (created if missing).")
@@ -89,7 +89,7 @@ def config_from_flags():
       model_kwargs=_model_kwargs(FLAGS.model, FLAGS.width, FLAGS.depth),
       preprocessing=FLAGS.preprocessing, num_experts=FLAGS.num_experts, expert_start=FLAGS.expert_start,
       epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher, batch_size=FLAGS.batch_train,
-      augment_strategy=FLAGS.dsa_strategy, seed=FLAGS.seed, data_service=FLAGS.data_service,
+      dsa_strategy=FLAGS.dsa_strategy, seed=FLAGS.seed, data_service=FLAGS.data_service,
       max_train_examples=FLAGS.max_train_examples, max_test_examples=FLAGS.max_test_examples,
       validation_size=FLAGS.validation_size, verbose=FLAGS.verbose, strategy=FLAGS.strategy)
 

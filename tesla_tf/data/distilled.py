@@ -23,8 +23,7 @@ Exports are atomic: everything is written to a temporary directory beside `out_d
 `out_dir` only once complete. Loading checks every file's size and sha256 first, so a truncated or
 corrupted shard is refused with its name instead of yielding garbage.
 
-Interchange for runs that have not exported yet: `save_npz` / `load_npz` (images, labels, lr and the
-metadata in one .npz; preprocessing files beside it).
+`load_any` reads a set from an export directory or from a run directory (its `distilled/` export).
 """
 
 import dataclasses
@@ -43,7 +42,6 @@ from tesla_tf.data import preprocess
 from tesla_tf.data import sources
 
 METADATA_FILE = "metadata.json"
-NPZ_FILE = "distilled.npz"
 EXPORT_DIR = "distilled"
 FORMAT = "tesla_tf.distilled/1"
 TFDS_NAME = "distilled"
@@ -378,12 +376,6 @@ def load(out_dir, *, check=True):
   return dataset, metadata
 
 
-def load_preprocessor(out_dir, metadata=None):
-  """The preprocessor of an export (ZCA matrices are read from out_dir)."""
-  metadata = metadata or read_metadata(out_dir)
-  return preprocess.from_dict(metadata["preprocessing"], out_dir)
-
-
 def load_set(out_dir, *, check=True):
   """Reads an export back into a DistilledSet (images and labels bit-exact)."""
   dataset, metadata = load(out_dir, check=check)
@@ -406,84 +398,52 @@ def load_set(out_dir, *, check=True):
                       holdout=metadata.get("holdout", {}))
 
 
-def save_npz(distilled_set, path, *, preprocessor=None):
-  """Writes a set as one .npz (atomically) and its preprocessing files beside it.
-
-  Keys: images [n, h, w, c] float32, labels [n, C] float32, lr [] float64, metadata (JSON string of
-  dataset, ipc, preprocessing, model, config, holdout).
-  """
-  _check_set(distilled_set)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  if preprocessor is not None:
-    resolve_preprocessor(distilled_set, preprocessor).save(directory)
-  metadata = json_safe({"dataset": distilled_set.dataset, "ipc": distilled_set.ipc,
-                         "preprocessing": distilled_set.preprocessing, "model": distilled_set.model,
-                         "config": distilled_set.config, "holdout": distilled_set.holdout})
-  files.atomic_write(path, lambda f: np.savez(
-      f, images=np.asarray(distilled_set.images, np.float32),
-      labels=np.asarray(distilled_set.labels, np.float32), lr=np.float64(distilled_set.lr),
-      metadata=np.array(json.dumps(metadata))))
-
-
-def load_npz(path):
-  """Reads a set written by save_npz; preprocessing files are looked up beside it."""
-  try:
-    with np.load(path) as data:
-      meta = json.loads(str(data["metadata"]))
-      return DistilledSet(images=data["images"], labels=data["labels"], lr=float(data["lr"]),
-                          dataset=meta["dataset"], ipc=meta["ipc"], preprocessing=meta["preprocessing"],
-                          model=meta["model"], config=meta.get("config", {}),
-                          holdout=meta.get("holdout", {}))
-  except (OSError, ValueError, KeyError) as e:
-    raise CorruptExportError(f"{path} is not a distilled-set .npz with keys images, labels, lr, "
-                             f"metadata: {e}") from e
+def _export_dir(path):
+  """The export directory at `path`: path itself (holding metadata.json) or a run's <path>/distilled."""
+  expected = (f"expected an export directory (holding {METADATA_FILE}, as a run or tools/export.py "
+              f"writes) or a run directory (holding {EXPORT_DIR}/)")
+  if not os.path.exists(path):
+    raise errors.MissingDataError(f"No distilled set at {path}: {expected}.")
+  if not os.path.isdir(path):
+    raise errors.UsageError(f"{path} is a file, not a distilled set: {expected}.")
+  if os.path.exists(os.path.join(path, METADATA_FILE)):
+    return path
+  if os.path.isdir(os.path.join(path, EXPORT_DIR)):
+    return os.path.join(path, EXPORT_DIR)
+  raise errors.MissingDataError(f"{path} holds no distilled set: {expected}.")
 
 
 def load_any(path, preprocessing_dir=None):
-  """Reads a set from an export dir, a run dir (its distilled/ export, else distilled.npz) or an .npz.
+  """Reads a set from an export directory or a run directory (its distilled/ export).
 
   Args:
-    path: the directory or .npz file.
-    preprocessing_dir: where the preprocessing files are (default: the export dir, or beside the .npz).
+    path: the directory.
+    preprocessing_dir: where the preprocessing files are (default: the export directory).
 
   Returns:
     (DistilledSet, preprocessor).
+
+  Raises:
+    MissingDataError: nothing at path, or a directory that is neither an export nor a run directory.
+    UsageError: path is a file.
   """
-  if os.path.isdir(path) and not os.path.exists(os.path.join(path, METADATA_FILE)):
-    if os.path.isdir(os.path.join(path, EXPORT_DIR)):
-      path = os.path.join(path, EXPORT_DIR)
-    elif os.path.isfile(os.path.join(path, NPZ_FILE)):
-      path = os.path.join(path, NPZ_FILE)
-    else:
-      raise errors.MissingDataError(f"{path} holds no distilled set: expected {METADATA_FILE} (an export), "
-                              f"{EXPORT_DIR}/ or {NPZ_FILE} (a run directory).")
-  if os.path.isdir(path):
-    distilled_set = load_set(path)
-  elif os.path.isfile(path):
-    distilled_set = load_npz(path)
-  else:
-    raise errors.MissingDataError(f"No distilled set at {path}.")
-  directory = preprocessing_dir or (path if os.path.isdir(path) else os.path.dirname(path))
-  return distilled_set, resolve_preprocessor(distilled_set, preprocessing_dir=directory)
+  path = _export_dir(path)
+  distilled_set = load_set(path)
+  return distilled_set, resolve_preprocessor(distilled_set, preprocessing_dir=preprocessing_dir or path)
 
 
 def export_from(source, out_dir=None, *, preprocessing_dir=None, shard_size=SHARD_SIZE):
-  """Exports the set found at `source` (see load_any) to out_dir.
+  """Exports the set found at `source` (see load_any) to out_dir (re-shards or copies an export).
 
   Args:
-    source: export dir, run dir or .npz.
-    out_dir: the export directory; default <source>/distilled for a directory, else beside the .npz.
-    preprocessing_dir: where the preprocessing files are, when not beside the source.
+    source: an export directory or a run directory.
+    out_dir: the export directory; default the source's own export (rewritten in place).
+    preprocessing_dir: where the preprocessing files are, when not in the source's export.
     shard_size: maximum examples per shard.
 
   Returns:
     (out_dir, metadata).
   """
   distilled_set, prep = load_any(source, preprocessing_dir)
-  if not out_dir:
-    if os.path.isfile(os.path.join(source, METADATA_FILE)):
-      out_dir = source
-    else:
-      out_dir = os.path.join(source if os.path.isdir(source) else os.path.dirname(source), EXPORT_DIR)
+  out_dir = out_dir or _export_dir(source)
   return out_dir, export(distilled_set, out_dir, preprocessor=prep, shard_size=shard_size)

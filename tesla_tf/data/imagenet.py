@@ -312,11 +312,7 @@ def _write_text(path, text):
     with open(path) as f:
       if f.read() == text:
         return
-
-  def write(tmp):
-    with open(tmp, "w") as f:
-      f.write(text)
-  files.atomic_path(path, write)
+  files.write_text(path, text)
 
 
 def _read_done(path, expected):
@@ -368,7 +364,7 @@ def _check_layout(split_dir, split, num_shards):
       os.remove(os.path.join(split_dir, name))  # Left by an interrupted run of ours.
 
 
-def _encode_fn(image_size):
+def encode_fn(image_size):
   def encode(position, data, label):
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return position, tf.io.encode_png(downsample(image, image_size)), label
@@ -395,7 +391,7 @@ def _prepare_split(source, split, config, num_classes):
                len(pending))
   if pending and os.path.isfile(os.path.join(config.out_dir, MANIFEST)):
     os.remove(os.path.join(config.out_dir, MANIFEST))  # Until rewritten last, the output is not usable.
-  encode = _encode_fn(config.image_size)
+  encode = encode_fn(config.image_size)
   start, written = time.time(), 0
   for j in range(0, len(pending), config.shards_per_job):
     block = pending[j:j + config.shards_per_job]

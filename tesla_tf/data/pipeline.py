@@ -30,7 +30,7 @@ def _preprocess_fn(preprocessor):
   return lambda x, y: (preprocessor.apply(x), tf.cast(y, tf.int32))
 
 
-def train_pipeline(ds, preprocessor, batch_size, *, seed, augment_strategy=augment.STRATEGY,
+def train_pipeline(ds, preprocessor, batch_size, *, seed, dsa_strategy=augment.STRATEGY,
                    shuffle_buffer=None, repeat=False, data_service=None, job_name=None,
                    processing_mode="distributed_epoch"):
   """Builds the training input pipeline.
@@ -40,7 +40,7 @@ def train_pipeline(ds, preprocessor, batch_size, *, seed, augment_strategy=augme
     preprocessor: a preprocess.Preprocessor (pixels → model space).
     batch_size: examples per batch; the last partial batch of an epoch is dropped.
     seed: integer seed of the shuffle and of the augmentation seeds.
-    augment_strategy: DSA strategy for `augment.sample` ("none" = no augmentation).
+    dsa_strategy: DSA strategy for `augment.sample` ("none" = no augmentation).
     shuffle_buffer: shuffle buffer size; None = the whole dataset up to 60,000 examples, else 10,000.
     repeat: repeat forever (batches then span epoch boundaries).
     data_service: dispatcher address "grpc://host:port" to run the pipeline on tf.data service
@@ -55,7 +55,7 @@ def train_pipeline(ds, preprocessor, batch_size, *, seed, augment_strategy=augme
   """
   if data_service is not None:
     service.check_address(data_service, "--data_service")
-  augment.parse_strategy(augment_strategy)
+  augment.parse_strategy(dsa_strategy)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
   shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
@@ -64,12 +64,12 @@ def train_pipeline(ds, preprocessor, batch_size, *, seed, augment_strategy=augme
     ds = ds.repeat()
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.map(_preprocess_fn(preprocessor), num_parallel_calls=tf.data.AUTOTUNE)
-  if augment_strategy != "none":
+  if dsa_strategy != "none":
     seeds = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True).batch(2)
 
     def dsa(batch, batch_seed):
       images, labels = batch
-      params = augment.sample(augment_strategy, images.shape, batch_seed)
+      params = augment.sample(dsa_strategy, images.shape, batch_seed)
       return augment.apply(images, params), labels
     ds = tf.data.Dataset.zip((ds, seeds)).map(dsa, num_parallel_calls=tf.data.AUTOTUNE)
   if data_service is not None:

@@ -2,7 +2,9 @@
 
 Every preprocessor has `.apply(x)` (pixels [..., h, w, c] uint8 or float in [0, 1] -> model space),
 `.invert(x)` (model space -> [0, 1] pixels, for viewing), `.to_dict()` (a json-able description) and
-`.save(directory)` (writes whatever files `to_dict` refers to). `from_dict(d, directory)` restores one.
+`.save(directory)` (writes whatever files `to_dict` refers to). `build(kind, info, ...)` makes one for a
+dataset and `from_dict(d, directory)` restores one; both look the kind up in `PREPROCESSORS`, so a new
+kind is one class with `from_dataset` and `from_dict` classmethods and one entry there.
 ZCA replaces normalisation, never both (REFERENCE §1, §3b); the same transform applies to train, test
 and synthetic images.
 
@@ -40,6 +42,14 @@ class Preprocessor(Protocol):
 
   kind: str
 
+  @classmethod
+  def from_dataset(cls, info, train_images=None, reg=0.1):
+    """Builds one for a dataset (sources.DatasetInfo), fitted on train_images when the kind needs it."""
+
+  @classmethod
+  def from_dict(cls, d, directory=None):
+    """Restores one from `to_dict()` output; files it names are read from directory."""
+
   def apply(self, x):
     """Maps pixels [..., h, w, c] (uint8 or float in [0, 1]) to model space (same shape, float)."""
 
@@ -68,6 +78,12 @@ class Normalize:
   def __post_init__(self):
     if len(self.mean) != len(self.std) or min(self.std) <= 0:
       raise ValueError(f"Normalize needs equal-length mean/std with std > 0, got {self.mean}, {self.std}.")
+
+  @classmethod
+  def from_dataset(cls, info, train_images=None, reg=0.1):
+    """The dataset's registered mean and std (train_images and reg are not used)."""
+    del train_images, reg
+    return cls(tuple(info.mean), tuple(info.std))
 
   def apply(self, x):
     """Returns (x − mean) / std; x [..., h, w, c] uint8 or float in [0, 1]."""
@@ -148,6 +164,14 @@ class ZCA:
     # Round-off can leave tiny negative eigenvalues of a singular covariance; S is PSD by definition.
     return cls(mean, np.maximum(eigenvalues, 0.0), eigenvectors, images.shape[1:], reg)
 
+  @classmethod
+  def from_dataset(cls, info, train_images=None, reg=0.1):
+    """Fits on the train images (required)."""
+    del info
+    if train_images is None:
+      raise ValueError("ZCA needs the train images to fit on (train_images=...).")
+    return cls.fit(train_images, reg)
+
   def _constant(self, name, dtype):
     """Returns the array `name` as a TF constant of dtype (cached when eager; graphs get their own)."""
     key = (name, dtype)
@@ -206,7 +230,7 @@ class ZCA:
                  float(data["reg"]), file_name)
 
   @classmethod
-  def from_dict(cls, d, directory):
+  def from_dict(cls, d, directory=None):
     if directory is None:
       raise ValueError(f"ZCA preprocessing {d} needs the directory holding its {d.get('file', ZCA_FILE)}.")
     zca = cls.load(directory, d.get("file", ZCA_FILE))
@@ -232,11 +256,7 @@ def build(kind, info, train_images=None, reg=0.1):
   """
   if kind not in PREPROCESSORS:
     raise errors.UsageError(f"Unknown preprocessing {kind!r}; choose one of {', '.join(PREPROCESSORS)}.")
-  if kind == "normalize":
-    return Normalize(tuple(info.mean), tuple(info.std))
-  if train_images is None:
-    raise ValueError("ZCA needs the train images to fit on (train_images=...).")
-  return ZCA.fit(train_images, reg)
+  return PREPROCESSORS[kind].from_dataset(info, train_images, reg)
 
 
 def from_dict(d, directory=None):

@@ -11,23 +11,28 @@ Sources, by dataset:
                         "test" split is the labelled val folder.
 A missing dataset fails at once with `DatasetNotFoundError` naming the paths tried and how to get it.
 
-The per-class index lives in `class_index` and is re-exported here.
+How each kind of source is read is one `Loader` in `LOADERS`, keyed by `DatasetInfo.source`: a new kind
+of source is one entry there, and `load`, `load_numpy`, `class_names` and `DatasetInfo.in_memory` follow.
+
+The per-class index lives in `class_index`; `build_class_index` and `take_positions` are re-exported here
+for the experts' code.
 """
 
 import dataclasses
 import gzip
 import hashlib
 import os
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
-# pylint: disable=unused-import  (re-exported: the class index belongs with the loaders' users)
 from tesla_tf import errors
+from tesla_tf.data import class_index
 from tesla_tf.data import imagenet
-from tesla_tf.data.class_index import build_class_index, class_index_from_dataset, load_class_index
-from tesla_tf.data.class_index import sample_per_class, save_class_index, take_positions
-# pylint: enable=unused-import
+
+build_class_index = class_index.build_class_index  # re-exported for tesla_tf/experts.py
+take_positions = class_index.take_positions  # likewise
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -59,9 +64,10 @@ class DatasetInfo:
     class_names: C names in label order; empty when read from the data (`class_names()`).
     mean: per-channel mean of the [0, 1] pixels used for normalisation.
     std: per-channel standard deviation, likewise.
-    source: "idx", "tfds", "imagenet64" or "tiny_imagenet" (which loader `load` uses).
+    source: the key of its Loader in LOADERS: "idx", "tfds", "imagenet64" or "tiny_imagenet".
     tfds_name: TFDS builder name, for sources that can read TFDS.
-    debian_dir: where the Debian package puts the IDX files, for "idx" sources.
+    debian_dir: where the Debian package puts the IDX files, for "idx" sources (the default location
+      when it exists).
     tfds_test_split: the TFDS split read for "test".
     how_to_get: one line telling the user how to obtain the data.
     validation_size: train examples held out for validation by default (data/holdout.py), a multiple
@@ -84,7 +90,7 @@ class DatasetInfo:
   @property
   def in_memory(self):
     """True when the loader reads the whole split into numpy arrays (`load_numpy` is free)."""
-    return self.source == "idx"
+    return LOADERS[self.source].load_numpy is not None
 
 
 DATASETS = {
@@ -132,9 +138,7 @@ def class_names(name, data_dir=None):
   info = get_info(name)
   if info.class_names:
     return info.class_names
-  if info.source == "tiny_imagenet":
-    return tuple(_tiny_wnids(_tiny_root(data_dir)))
-  return tuple(sorted(imagenet_resized_wnids()))
+  return tuple(LOADERS[info.source].class_names(info, data_dir))
 
 
 def _not_found(info, tried, extra=""):
@@ -197,7 +201,7 @@ def _find_idx(directory, prefix, kind):
   return None
 
 
-def _load_idx_numpy(info, split, data_dir):
+def _idx_numpy(info, split, data_dir):
   """Loads an MNIST-family split from IDX files; returns None when no IDX files are found."""
   directory = data_dir or info.debian_dir
   prefix = "train" if split == "train" else "t10k"
@@ -272,7 +276,7 @@ def _list_images(info, directory):
 
 
 _IMAGE_MAGICS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
-DATA_ERROR = "tesla_tf data error:"  # marks the messages of bad image files inside TF's errors (cli.py)
+DATA_ERROR = errors.DATA_ERROR
 
 
 def _folder_dataset(info, paths, labels):
@@ -292,9 +296,8 @@ def _folder_dataset(info, paths, labels):
   return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _tiny_root(data_dir):
+def _tiny_root(info, data_dir):
   """Returns the tiny-imagenet-200 root inside or at data_dir; raises DatasetNotFoundError."""
-  info = DATASETS["tiny_imagenet"]
   if data_dir is None:
     raise _not_found(info, ["<no --data_dir given>"])
   for root in (data_dir, os.path.join(data_dir, "tiny-imagenet-200")):
@@ -309,10 +312,14 @@ def _tiny_wnids(root):
     return sorted(line.strip() for line in f if line.strip())
 
 
-def _tiny_imagenet(split, data_dir):
+def _tiny_class_names(info, data_dir):
+  return _tiny_wnids(_tiny_root(info, data_dir))
+
+
+def _tiny_imagenet(info, split, data_dir, download):
   """Lists Tiny ImageNet files and labels (sorted-WNID order); "test" reads the annotated val folder."""
-  info = DATASETS["tiny_imagenet"]
-  root = _tiny_root(data_dir)
+  del download  # a folder: nothing to download
+  root = _tiny_root(info, data_dir)
   label_of = {w: i for i, w in enumerate(_tiny_wnids(root))}
   paths, labels = [], []
   if split == "train":
@@ -334,13 +341,12 @@ def _tiny_imagenet(split, data_dir):
   return _folder_dataset(info, paths, labels)
 
 
-def _imagenet64_folder(split, root):
+def _imagenet64_folder(info, split, root):
   """Lists `<root>/{train,val}/<wnid>/*` with labels = positions in the 1000 sorted WNIDs."""
-  info = DATASETS["imagenet64"]
   split_dir = os.path.join(root, "train" if split == "train" else "val")
   if not os.path.isdir(split_dir):
     raise _not_found(info, [split_dir])
-  label_of = {w: i for i, w in enumerate(class_names("imagenet64"))}
+  label_of = {w: i for i, w in enumerate(class_names(info.name))}
   paths, labels = [], []
   for wnid in sorted(e.name for e in os.scandir(split_dir) if e.is_dir()):
     if wnid not in label_of:
@@ -349,6 +355,69 @@ def _imagenet64_folder(split, root):
     paths += files
     labels += [label_of[wnid]] * len(files)
   return _folder_dataset(info, paths, labels)
+
+
+def _imagenet64_class_names(info, data_dir):
+  del info, data_dir  # the 1000 WNIDs are the same for every copy
+  return sorted(imagenet_resized_wnids())
+
+
+def _imagenet64(info, split, data_dir, download):
+  """Prepared shards (tools/prepare_imagenet.py), else a WNID folder tree, else TFDS remapped."""
+  if data_dir is not None and os.path.isfile(os.path.join(data_dir, imagenet.MANIFEST)):
+    return imagenet.load_prepared(data_dir, split)
+  if data_dir is not None and os.path.isdir(os.path.join(data_dir, "train")):
+    return _imagenet64_folder(info, split, data_dir)
+  builder = _tfds_builder(info, data_dir, download)
+  remap = imagenet64_label_remap(builder.info.features["label"].names)
+  return _tfds_dataset(info, split, builder, remap)
+
+
+# Loaders by source kind -----------------------------------------------------------------------------
+
+def _idx(info, split, data_dir, download):
+  """IDX files when present, else a prepared TFDS copy (the error names both places)."""
+  arrays = _idx_numpy(info, split, data_dir)
+  if arrays is not None:
+    return tf.data.Dataset.from_tensor_slices(arrays)
+  idx_dir = os.path.join(data_dir or info.debian_dir, "{train,t10k}-*-ubyte[.gz]")
+  return _tfds_dataset(info, split, _tfds_builder(info, data_dir, download, [idx_dir]))
+
+
+def _tfds(info, split, data_dir, download):
+  return _tfds_dataset(info, split, _tfds_builder(info, data_dir, download))
+
+
+def _static_class_names(info, data_dir):
+  del data_dir
+  return info.class_names
+
+
+@dataclasses.dataclass(frozen=True)
+class Loader:
+  """How one kind of source (`DatasetInfo.source`) is read.
+
+  Attributes:
+    load: (info, split, data_dir, download) -> tf.data.Dataset of (uint8 image [h, w, c], int32 label [])
+      in a fixed order; split is "train" or "test", data_dir None or an existing directory. Raises
+      DatasetNotFoundError when the data is not there.
+    load_numpy: for sources read whole into memory: (info, split, data_dir) -> (uint8 images
+      [n, h, w, c], int32 labels [n]), or None when the data is not in that form (then `load` is read
+      into arrays instead); None for streaming sources (DatasetInfo.in_memory is False).
+    class_names: (info, data_dir) -> the C names in label order, for sources whose names are read from
+      the data (DatasetInfo.class_names empty).
+  """
+  load: Callable
+  load_numpy: Optional[Callable] = None
+  class_names: Callable = _static_class_names
+
+
+LOADERS = {
+    "idx": Loader(_idx, load_numpy=_idx_numpy),
+    "tfds": Loader(_tfds),
+    "tiny_imagenet": Loader(_tiny_imagenet, class_names=_tiny_class_names),
+    "imagenet64": Loader(_imagenet64, class_names=_imagenet64_class_names),
+}
 
 
 # Public loaders -------------------------------------------------------------------------------------
@@ -369,23 +438,7 @@ def load(name, split, data_dir=None, *, download=False):
   _check_split(split)
   if data_dir is not None and not os.path.isdir(data_dir):
     raise _not_found(info, [data_dir], "The data_dir does not exist. ")
-  if info.source == "idx":
-    arrays = _load_idx_numpy(info, split, data_dir)
-    if arrays is not None:
-      return tf.data.Dataset.from_tensor_slices(arrays)
-    idx_dir = os.path.join(data_dir or info.debian_dir, "{train,t10k}-*-ubyte[.gz]")
-    return _tfds_dataset(info, split, _tfds_builder(info, data_dir, download, [idx_dir]))
-  if info.source == "tfds":
-    return _tfds_dataset(info, split, _tfds_builder(info, data_dir, download))
-  if info.source == "tiny_imagenet":
-    return _tiny_imagenet(split, data_dir)
-  if data_dir is not None and os.path.isfile(os.path.join(data_dir, imagenet.MANIFEST)):
-    return imagenet.load_prepared(data_dir, split)  # shards from tools/prepare_imagenet.py
-  if data_dir is not None and os.path.isdir(os.path.join(data_dir, "train")):
-    return _imagenet64_folder(split, data_dir)
-  builder = _tfds_builder(info, data_dir, download)
-  remap = imagenet64_label_remap(builder.info.features["label"].names)
-  return _tfds_dataset(info, split, builder, remap)
+  return LOADERS[info.source].load(info, split, data_dir, download)
 
 
 def fingerprint(name, data_dir=None):
@@ -397,8 +450,8 @@ def fingerprint(name, data_dir=None):
   """
   info = get_info(name)
   location = data_dir
-  if location is None:
-    location = info.debian_dir if info.source == "idx" and os.path.isdir(info.debian_dir or "") else None
+  if location is None:  # the Debian package's IDX folder is the only default location on disk
+    location = info.debian_dir if os.path.isdir(info.debian_dir or "") else None
   digest = hashlib.sha256(f"{name}\n{os.path.realpath(location) if location else '<default>'}".encode())
   if location and os.path.isdir(location):
     for entry in sorted(os.scandir(location), key=lambda e: e.name):
@@ -415,8 +468,9 @@ def load_numpy(name, split, data_dir=None, *, download=False):
   """
   info = get_info(name)
   _check_split(split)
-  if info.source == "idx" and (data_dir is None or os.path.isdir(data_dir)):
-    arrays = _load_idx_numpy(info, split, data_dir)
+  loader = LOADERS[info.source]
+  if loader.load_numpy is not None and (data_dir is None or os.path.isdir(data_dir)):
+    arrays = loader.load_numpy(info, split, data_dir)
     if arrays is not None:
       return arrays
   batches = list(load(name, split, data_dir, download=download).batch(4096).as_numpy_iterator())

@@ -5,7 +5,10 @@ the final one (the headline) and the one selected on the validation split, repor
 accuracy. Nothing is ever selected on the test set (STYLE §11).
 """
 
+import dataclasses
 import os
+
+from absl import logging
 
 from tesla_tf import errors, evaluate, files
 
@@ -69,3 +72,38 @@ def record(run_dir, step, results):
   evaluate.write_json(os.path.join(run_dir, FILE), {"evaluations": evaluations, "final": evaluations[-1],
                              "best_on_validation": best})
   return best
+
+
+def evaluator(config, preprocessor, baseline_labeler=None):
+  """A function (distilled_set, step, final) -> TensorBoard scalars that evaluates the set on
+  config.eval_models (and, when final, the random-subset baseline, REFERENCE §7, labelled by
+  `baseline_labeler` when the set's labels are soft), recording it in <run_dir>/eval_history.json and,
+  when final, eval.json; None without eval_models."""
+  if not config.eval_models:
+    return None
+  eval_config = evaluate.EvalConfig(models=tuple(config.eval_models), num_eval=config.num_eval,
+                                    epochs=config.eval_epochs, dsa_strategy=config.dsa_strategy,
+                                    seed=config.seed, data_dir=config.data_dir)
+
+  def run(distilled_set, step, final):
+    # The baseline does not change with the iteration: measured once, at the end.
+    results = evaluate.evaluate_distilled(
+        distilled_set, dataclasses.replace(eval_config, baseline=final), preprocessor=preprocessor,
+        baseline_labeler=baseline_labeler, out_path=os.path.join(config.run_dir, "eval.json") if final else None)
+    scalars = {}
+    for kind in ("distilled", "random_subset"):
+      for arch, summary in (results.get(kind) or {}).items():
+        for key, name in SCALARS.items():
+          if key in summary:
+            scalars[f"eval/{kind}/{arch}/{name}"] = summary[key]
+    for arch, best in record(config.run_dir, step, results).items():
+      if best is None:
+        continue
+      scalars[f"eval/distilled/{arch}/val_selected_test_accuracy_mean"] = best["mean"]
+      scalars[f"eval/distilled/{arch}/val_selected_iteration"] = best["iteration"]
+      logging.info("[eval it %d] %s distilled: test %.2f %%; best on validation: iteration %d (validation "
+                   "%.2f %%, test %.2f %%)", step, arch, 100 * results["distilled"][arch]["mean"],
+                   best["iteration"], 100 * best["validation_mean"], 100 * best["mean"])
+    return scalars
+
+  return run

@@ -4,7 +4,7 @@
 tf.while_loops on the host (the cross-replica context) and hands the two row-wise computations of every
 step — pass 1's SGD step θ − α·g and pass 2's double-backward (s = ⟨λ, g⟩ and its gradients) — to
 `Replicas.mean_of`, which runs them on every replica with `strategy.run` and averages the results.
-Inside, `Replicas.local_rows` gives replica r its contiguous share r of the minibatch rows (images,
+Inside, `Replicas.share` gives replica r its contiguous share r of the minibatch rows (images,
 labels and the per-sample DSA parameters alike; batch_syn must be divisible by the number of replicas).
 
 Why the average is the single-device result: g is the gradient of a mean over the minibatch rows, and
@@ -29,7 +29,9 @@ STRATEGIES = ("none", "mirrored")
 
 
 class Replicas:
-  """Runs row-wise matching computations on the replicas of a tf.distribute strategy."""
+  """Runs row-wise matching computations on the replicas of a tf.distribute strategy (a row splitter
+  like matching.AllRows and matching.RowChunks)."""
+  fuses_last_step = False  # a replica sees only its share of the last step's g
 
   def __init__(self, strategy):
     self.strategy = strategy
@@ -42,27 +44,21 @@ class Replicas:
                        f"{self.num_replicas} replicas of --strategy=mirrored; choose a multiple of "
                        f"{self.num_replicas}.")
 
-  def local_rows(self, *structures):
-    """This replica's contiguous share of every batch-leading tensor (called inside `mean_of`'s fn).
-
-    Slicing as `matching.share_of_rows`. Returns the structures in the same order.
-    """
+  def share(self, structure):
+    """This replica's contiguous share of every batch-leading tensor (`matching.share_of_rows`)."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync != self.num_replicas:
-      raise RuntimeError("Replicas.local_rows must run inside a function given to Replicas.mean_of.")
-    self.check_batch(structures[0].shape[0])
-    out = matching.share_of_rows(structures, context.replica_id_in_sync_group, self.num_replicas)
-    return out[0] if len(out) == 1 else out
+      raise RuntimeError("Replicas.share must run inside a function given to Replicas.mean_of.")
+    self.check_batch(tf.nest.flatten(structure)[0].shape[0])
+    return matching.share_of_rows(structure, context.replica_id_in_sync_group, self.num_replicas)
 
   def mean_of(self, fn):
-    """fn run on every replica (its args given to each unchanged), every output averaged over replicas.
-
-    fn must be affine in a mean over the minibatch rows and use `local_rows` to take its share.
-    """
+    """fn(*args, share=self.share) run on every replica (its args given to each unchanged), every output
+    averaged over the replicas. fn must be affine in a mean over the minibatch rows."""
     def run(*args):
       # A plain Python callable: strategy.run clones a tf.function argument (jit_compile included) over
       # all replicas at once; through a lambda each replica calls fn (compiled or not) on its own device.
-      outputs = self.strategy.run(lambda *a: fn(*a), args)
+      outputs = self.strategy.run(lambda *a: fn(*a, share=self.share), args)
       if self.num_replicas == 1:
         return outputs
       return tf.nest.map_structure(

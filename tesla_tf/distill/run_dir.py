@@ -5,16 +5,23 @@
                 recognised (it is free but still names a holder) and taken over with a warning.
   config.json   the settings of the run (DistillConfig fields, plus the experts' model), written once
                 a run's settings are accepted; a resumed run is compared with it field by field.
-  flags.cfg     the tool's flags, replayable with --flagfile, written at the same moment.
+  flags.cfg     the same settings as tools/distill.py flags, replayable with --flagfile, written at the
+                same moment (by the library: a run started from Python has one too).
+  checkpoints/  tf.train.Checkpoint files (CheckpointManager, the newest three kept).
+  tensorboard/  event files.
 """
 
 import fcntl
+import glob
 import json
 import os
+import re
+import shutil
 import socket
 import time
 
 from absl import logging
+import tensorflow as tf
 
 from tesla_tf import errors
 from tesla_tf import files
@@ -22,10 +29,12 @@ from tesla_tf import files
 LOCK_FILE = "LOCK"
 RECORD_FILE = "config.json"
 FLAGS_FILE = "flags.cfg"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 # Settings that fix the shapes (or the meaning) of what the checkpoints hold: never changed on resume.
 SHAPE_FIELDS = ("dataset", "ipc", "labels", "model")
 # Settings a resumed run may change without comment.
-_QUIET_FIELDS = ("flags_text", "run_dir")
+_QUIET_FIELDS = ("run_dir",)
 
 
 class Lock:
@@ -104,11 +113,50 @@ def check_resume(run_dir, record):
                     _show(record.get(field)), _show(old.get(field)))
 
 
-def write_record(run_dir, record, flags_text=""):
-  """Writes config.json (and flags.cfg when the tool gave its flags) once the settings are accepted."""
+def as_flags(settings):
+  """`--name=value` lines of a settings dict (None left out, sequences comma-joined): a flagfile."""
+  def text(value):
+    if isinstance(value, bool):
+      return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+      return ",".join(str(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
+  return "".join(f"--{name}={text(value)}\n" for name, value in settings.items() if value is not None)
+
+
+def write_record(run_dir, record, flags_text):
+  """Writes config.json and flags.cfg once the settings are accepted."""
   files.write_json(os.path.join(run_dir, RECORD_FILE), record, indent=1)
-  if flags_text:
-    files.write_text(os.path.join(run_dir, FLAGS_FILE), flags_text.rstrip("\n") + "\n")
+  files.write_text(os.path.join(run_dir, FLAGS_FILE), flags_text)
+
+
+def restore_newest(checkpoint, directory):
+  """Restores the newest checkpoint in `directory` that reads, falling back to older ones; removes the
+  staging directories of saves that were killed or ran out of disk.
+
+  Returns:
+    The path restored, or None when the directory holds no checkpoint.
+
+  Raises:
+    CorruptFileError: checkpoints exist but none can be read.
+  """
+  for partial in glob.glob(os.path.join(glob.escape(directory), "ckpt-*_temp")):
+    shutil.rmtree(partial, ignore_errors=True)
+  paths = sorted(glob.glob(os.path.join(glob.escape(directory), "ckpt-*.index")),
+                 key=lambda p: int(re.search(r"ckpt-(\d+)\.index$", p).group(1)), reverse=True)
+  problems = []
+  for index_path in paths:
+    path = index_path[:-len(".index")]
+    try:
+      checkpoint.restore(path).assert_existing_objects_matched()
+      return path
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+      problems.append(f"{path}: {str(getattr(e, 'message', e)).splitlines()[0]}")
+      logging.warning("Checkpoint %s cannot be read (%s); trying the one before.", path, problems[-1])
+  if problems:
+    raise errors.CorruptFileError(f"No checkpoint in {directory} can be read ({'; '.join(problems)}). "
+                                  "Move the directory aside to start the run again.")
+  return None
 
 
 def _show(value):

@@ -4,6 +4,10 @@ assume it)."""
 
 import tensorflow as tf
 
+from tesla_tf.data import class_index, holdout as holdout_lib, sources
+
+PIX_INITS = ("real", "noise")
+
 
 def sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
   """PyTorch SGD: buf = m·buf + g; p −= lr·buf.
@@ -18,15 +22,27 @@ def sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
                                    grad=as_dtype(grad), momentum=as_dtype(momentum))
 
 
+def initial_images(pix_init, dataset, data_dir, ipc, seed, holdout, preprocessor, index_dir):
+  """X̃ at iteration 0, class-sorted: IPC real training images per class in model space, never from the
+  validation split `holdout` (the class index cached in `index_dir`), or N(0, 1) noise."""
+  info = sources.get_info(dataset)
+  if pix_init == "noise":
+    return tf.random.stateless_normal((info.num_classes * ipc,) + tuple(info.image_shape), seed=[seed, 7])
+  rest, _ = holdout.split(holdout_lib.train_index(dataset, data_dir, index_dir))
+  positions = class_index.sample_per_class(rest, ipc, seed)
+  images, _ = class_index.take_positions(sources.load(dataset, "train", data_dir), positions)
+  return tf.cast(preprocessor.apply(images), tf.float32)
+
+
 class Learnable:
   """A variable and its momentum buffer."""
 
   def __init__(self, initial, name, dtype=None):
-    self.value = tf.Variable(initial, dtype=dtype, name=name)
-    self.momentum = tf.Variable(tf.zeros_like(self.value), name=f"{name}_momentum")
+    self.var = tf.Variable(initial, dtype=dtype, name=name)
+    self.momentum = tf.Variable(tf.zeros_like(self.var), name=f"{name}_momentum")
 
   def step(self, grad, lr):
-    sgd_momentum(self.value, self.momentum, grad, lr)
+    sgd_momentum(self.var, self.momentum, grad, lr)
 
 
 class SyntheticSet:
@@ -47,9 +63,9 @@ class SyntheticSet:
 
   def rms(self):
     """The images' root mean square (model space)."""
-    return tf.sqrt(tf.reduce_mean(tf.square(self.images.value)))
+    return tf.sqrt(tf.reduce_mean(tf.square(self.images.var)))
 
   def checkpoint_dict(self):
     """The variables under the checkpoint keys every run since the first release has used."""
-    return dict(images=self.images.value, images_buf=self.images.momentum, syn_lr=self.syn_lr.value,
+    return dict(images=self.images.var, images_buf=self.images.momentum, syn_lr=self.syn_lr.var,
                 syn_lr_buf=self.syn_lr.momentum)

@@ -1,0 +1,269 @@
+"""Smoke tests of the benchmarks (tesla_tf/bench, tools/benchmark*.py) at tiny sizes: each runs, and what it
+writes has the expected structure and finite positive numbers. Nothing here checks a timing.
+
+The quality benchmark has its own tests (test_quality.py).
+"""
+
+import contextlib
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tesla_tf.bench import experts as bench_experts
+from tesla_tf.bench import jit, process, scaling, speed
+from tesla_tf.data import service
+from tesla_tf.distill import matching
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tool(name, *args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], capture_output=True,
+                        text=True, timeout=300, check=False)
+
+
+def _positive(record, *keys):
+  for key in keys:
+    value = record[key]
+    assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
+
+
+def _refused_in_one_line(done, words):
+  assert done.returncode == 2, done.stderr
+  assert f"FATAL {words}" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# --------------------------------------------------------------------------- speed (tools/benchmark.py)
+
+
+def test_speed_benchmark_measures_in_a_child_and_writes_the_report(tmp_path):
+  config = speed.SpeedConfig(parts=("speed", "report"), modes=("tesla",), syn_steps=(2,), iters=1,
+                             batch_syn=10, width=8, out_dir=str(tmp_path))
+  results = speed.run(config)
+  saved = json.loads((tmp_path / "benchmark_results.json").read_text())
+  assert saved == json.loads(json.dumps(results)) and saved["machine"]["cpus"] >= 1
+  [record] = saved["records"]
+  assert "error" not in record and "stopped" not in record, record
+  assert (record["part"], record["mode"], record["steps"], record["tag"], record["iters"]) == (
+      "speed", "tesla", 2, "", 1)
+  _positive(record, "s_per_iter", "cpu_s_per_iter", "warmup_s", "baseline_rss_gb", "peak_rss_gb",
+            "timed_peak_rss_gb", "tf_peak_gb", "loss", "num_params", "wall_s", "watched_max_rss_gb")
+  assert record["peak_rss_gb"] >= record["baseline_rss_gb"] and len(record["s_per_iter_all"]) == 1
+  page = (tmp_path / "benchmarks.md").read_text()
+  assert page.startswith("# Benchmarks\n") and speed.BEGIN in page and speed.END in page
+  [row] = [line for line in page.splitlines() if line.startswith("| tesla | 2 |")]
+  assert row.count("|") == 10 and "(k=1)" in row
+  assert (tmp_path / "benchmark_memory.png").stat().st_size > 1000
+
+
+def _speed_record(mode, steps, peak_gb, tag=""):
+  return {"part": "speed", "mode": mode, "steps": steps, "tag": tag, "iters": 2, "s_per_iter": 1.5,
+          "cpu_s_per_iter": 2.5, "peak_rss_gb": peak_gb, "above_baseline_gb": peak_gb - 0.5,
+          "timed_peak_rss_gb": peak_gb, "timed_above_baseline_gb": peak_gb - 0.5, "tf_peak_gb": 0.4,
+          "load_before": [1.0, 1.0, 1.0], "load_after": [2.0, 2.0, 2.0]}
+
+
+def test_speed_resumes_and_skips_unrolled_runs_projected_above_the_cap(tmp_path):
+  measured = [_speed_record("unrolled", 2, 1.0), _speed_record("unrolled", 3, 10.0)]
+  (tmp_path / "benchmark_results.json").write_text(json.dumps({"records": measured}))
+  config = speed.SpeedConfig(parts=("speed",), modes=("unrolled",), syn_steps=(2, 3, 4), resume=True,
+                             memory_cap_gb=5.0, out_dir=str(tmp_path))
+  records = speed.run(config)["records"]  # no child: N = 2, 3 are kept, N = 4 is skipped
+  assert records[:2] == measured
+  assert records[2] == {"part": "speed", "mode": "unrolled", "steps": 4, "tag": "",
+                        "skipped": "projected 19.0 GB > cap 5 GB"}
+
+
+def test_speed_tool_rebuilds_the_report_and_keeps_the_prose(tmp_path):
+  records = [_speed_record(m, n, 1.0 + n / 10) for m in speed.MODES for n in (5, 10, 20, 80)]
+  records += [_speed_record("tesla", 10, 0.8, tag="row_chunks=2")]
+  (tmp_path / "benchmark_results.json").write_text(json.dumps({"records": records}))
+  (tmp_path / "benchmarks.md").write_text(f"# Title\n\nprose\n\n{speed.BEGIN}\nold\n{speed.END}\n\nafter\n")
+  done = _tool("benchmark.py", "--parts=report", f"--out_dir={tmp_path}")
+  assert done.returncode == 0, done.stderr
+  page = (tmp_path / "benchmarks.md").read_text()
+  assert page.startswith("# Title\n\nprose\n\n") and page.endswith("\n\nafter\n") and "\nold\n" not in page
+  rows = [line for line in page.splitlines() if line.startswith(("| unrolled |", "| tesla |", "| exact |"))]
+  assert len(rows) == 12 and all(r.count("|") == 10 for r in rows)
+  assert page.count("**PASS**") + page.count("**FAIL**") == 6 and "NOT MEASURED" not in page
+  assert "| row_chunks=2 | tesla | 10 | 2.5 (2.5) |" in page
+  assert "Fidelity part not available: not run" in page
+  assert (tmp_path / "benchmark_memory.png").stat().st_size > 1000
+  _refused_in_one_line(_tool("benchmark.py", "--parts=speed,bogus", f"--out_dir={tmp_path}"),
+                       "Unknown --parts/--modes value(s) ['bogus'].")
+  _refused_in_one_line(_tool("benchmark.py", "--syn_steps=5,x", f"--out_dir={tmp_path}"),
+                       "--syn_steps: expected integers")
+
+
+def test_fidelity_compares_tesla_with_exact_on_a_tiny_expert(tmp_path):
+  config = speed.SpeedConfig(parts=("report",), fidelity_steps=(2,), fidelity_start_epochs=(0,),
+                             fidelity_seeds=1, expert_epochs=1, ipc=1, batch_syn=10, dsa_strategy="none",
+                             expert_store=str(tmp_path / "experts"), expert_width=8, expert_train_examples=256,
+                             fidelity_unrolled_check=False, out_dir=str(tmp_path))
+  record = speed.measure_fidelity(config)
+  [rec] = record["records"]
+  assert (rec["steps"], rec["start_epoch"], rec["seed"]) == (2, 0, 0)
+  _positive(rec, "loss", "cos", "rel_error", "norm_ratio")
+  assert rec["cos"] <= 1 + 1e-6 and all(math.isfinite(rec[k]) for k in ("lr_grad_tesla", "lr_grad_exact"))
+  assert record["expert_info"]["shape"] == [2, record["num_params"]] and record["batch_syn"] == 10
+  speed.write_report(config, {"records": [{"part": "fidelity", **record, "wall_s": 60.0}]})
+  page = (tmp_path / "benchmarks.md").read_text()
+  assert f"| 2 | 1 | {rec['cos']:.3f} [" in page and "Expert: ConvNet width 8" in page
+
+
+# --------------------------------------------------------------------------- scaling (tools/benchmark_scaling.py)
+
+
+def test_scaling_step_measurements_and_their_fits():
+  config = scaling.ScalingConfig(width=8, iters=1, dsa_strategy="none", step_n=2, lr_img=1.0)
+  records = [scaling.measure_step(config, "tesla", 2, batch) for batch in (2, 4)]
+  for record, batch in zip(records, (2, 4)):
+    assert (record["kind"], record["mode"], record["steps"], record["batch_syn"], record["rows"]) == (
+        "step", "tesla", 2, batch, 2 * batch)
+    _positive(record, "s", "cpu_s", "warmup_s", "baseline_rss_gb", "timed_peak_rss_gb", "peak_rss_gb",
+              "tf_timed_peak_gb", "num_params")
+    assert len(record["losses"]) == 2 and all(math.isfinite(v) and v > 0 for v in record["losses"])
+  fits = scaling.summary(config, records)
+  fit = fits["tesla_vs_batch_syn"]["cpu_s_per_iter"]
+  assert fits["tesla_vs_batch_syn"]["N"] == 2 and [x for x, _ in fit["points"]] == [2, 4]
+  assert math.isfinite(fit["slope"]) and fits["exact_vs_N"]["cpu_s_per_iter"] is None
+
+
+def test_scaling_expert_pipeline_and_store_measurements():
+  config = scaling.ScalingConfig(width=8, expert_batch=2, expert_iters=1)
+  expert = scaling.measure_expert(config)
+  assert expert["batch"] == 2 and not expert["jit_compile"]
+  _positive(expert, "forward_flops_per_image", "forward_gflops_per_s_wall", "train_gflops_per_s_wall_3x",
+            "baseline_rss_gb")
+  _positive(expert["forward"], "s", "cpu_s")
+  _positive(expert["train_step"], "s", "cpu_s")
+  pipe = scaling.measure_pipeline(config)
+  assert pipe["batches"] == 20
+  _positive(pipe, "images_per_s", "cpu_s_per_image")
+  store = scaling.measure_store(config)
+  assert store["epochs"] == 50 and [r["start_epoch"] for r in store["reads"]] == [3, 17, 30]
+  _positive(store, "write_s", "file_bytes", "pair_bytes")
+  for read in store["reads"]:
+    _positive(read, "cold_s", "warm_s")
+
+
+def test_scaling_run_measures_in_a_child_and_keeps_what_it_has(tmp_path):
+  config = scaling.ScalingConfig(measure=("decode", "summary"), out=str(tmp_path / "scaling.json"))
+  results = scaling.run(config)
+  saved = json.loads((tmp_path / "scaling.json").read_text())
+  assert saved == json.loads(json.dumps(results)) and saved["machine"]["mem_total_gb"] > 0
+  [record] = saved["records"]
+  assert record["kind"] == "decode" and record["images"] == 200 and record["threads"] == 1, record
+  _positive(record, "s_per_image", "cpu_s_per_image", "png_decode_s_per_image", "jpeg_bytes", "png_bytes",
+            "wall_s")
+  assert set(saved["summary"]) == {"tesla_vs_batch_syn", "tesla_vs_N", "exact_vs_batch_syn", "exact_vs_N",
+                                   "tesla_vs_rows", "unrolled_vs_N"}
+  assert scaling.run(config)["records"] == saved["records"]  # measured already: no second child
+
+
+def test_scaling_tool_runs_one_measurement_and_refuses_bad_flags(tmp_path):
+  done = _tool("benchmark_scaling.py", "--child_kind=store", "--width=8")
+  assert done.returncode == 0, done.stderr
+  record = json.loads(done.stdout.strip().splitlines()[-1])
+  assert record["kind"] == "store" and len(record["reads"]) == 3
+  _positive(record, "write_s", "num_params")
+  _refused_in_one_line(_tool("benchmark_scaling.py", "--measure=step,bogus", f"--out={tmp_path / 'x.json'}"),
+                       "Unknown --measure value(s) ['bogus']")
+  assert not (tmp_path / "x.json").exists()
+
+
+# --------------------------------------------------------------------------- experts (tools/benchmark_experts.py)
+
+
+@contextlib.contextmanager
+def _in_process_service(num_workers):
+  """The tf.data service in this process: the same measurements without starting TF in new processes."""
+  dispatcher = service.start_dispatcher(0)
+  port = dispatcher.target.rsplit(":", 1)[1]
+  workers = [service.start_worker(f"localhost:{port}") for _ in range(num_workers)]
+  try:
+    yield f"grpc://localhost:{port}"
+  finally:
+    for w in workers:
+      w.stop()
+    dispatcher.stop()
+
+
+def test_experts_benchmark_writes_every_measurement(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(bench_experts, "service_processes", _in_process_service)
+  out = tmp_path / "experts.json"
+  config = bench_experts.ExpertsBenchConfig(width=8, epochs=1, service_epochs=1, pipeline_batches=2,
+                                            step_batches=2, max_train_examples=256, out=str(out))
+  results = bench_experts.run(config, command="benchmark_experts smoke test")
+  saved = json.loads(out.read_text())
+  assert saved == json.loads(json.dumps(results)) and saved["command"] == "benchmark_experts smoke test"
+  assert saved["num_train"] == 256
+  _positive(saved, "pipeline_local_batches_per_s", "train_step_only_steps_per_s",
+            "pipeline_service_batches_per_s")
+  for key in ("expert_local", "expert_service"):
+    assert saved[key]["steps"] == 1 and saved[key]["trajectory_shape"][0] == 2
+    _positive(saved[key], "wall_time_s", "steps_per_s")
+    assert len(saved[key]["test_accuracy"]) == 1 and 0 < saved[key]["test_accuracy"][0] <= 1
+  printed = capsys.readouterr().out
+  assert all(f"{key}: " in printed for key in saved if key.startswith(("pipeline_", "expert_", "train_")))
+
+
+def test_service_processes_serve_from_the_checkout():
+  with bench_experts.service_processes(1) as address:
+    port = int(address.rsplit(":", 1)[1])
+    deadline = time.time() + 120
+    while True:
+      with socket.socket() as s:
+        if s.connect_ex(("localhost", port)) == 0:
+          break
+      assert time.time() < deadline, "the dispatcher process never listened"
+      time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- jit (tools/benchmark_jit.py)
+
+
+def test_jit_benchmark_tool_runs(tmp_path):
+  out = tmp_path / "jit.json"
+  done = _tool("benchmark_jit.py", "--width=8", "--expert_epochs=0", "--eval_sizes=4", "--eval_epochs=1",
+               f"--out={out}")
+  assert done.returncode == 0, done.stderr
+  results = json.loads(out.read_text())
+  assert set(results["evaluation"]) == {"n=4 jit_compile=False", "n=4 jit_compile=True"}
+  assert all(s > 0 for s in results["evaluation"].values()) and results["expert"] == {}
+  assert "evaluation n=4 jit_compile=True: " in done.stdout
+
+
+def test_jit_expert_epochs_are_timed(tmp_path):
+  config = jit.JitConfig(width=8, expert_epochs=2, max_train_examples=256)
+  seconds = jit.expert_seconds(config, False, str(tmp_path))
+  assert len(seconds) == 2 and all(math.isfinite(s) and s > 0 for s in seconds)
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def test_configs_keep_the_flag_defaults():
+  assert speed.MODES == tuple(matching.MODES)  # the report orders its rows by speed.MODES
+  assert speed.SpeedConfig().syn_steps == (5, 10, 20, 40, 80)
+  assert speed.SpeedConfig().results_path == os.path.join(ROOT, "docs", "benchmark_results.json")
+  assert scaling.ScalingConfig().out == os.path.join(ROOT, "docs", "scaling_results.json")
+  assert process.REPO == ROOT
+  assert speed.SpeedConfig(syn_steps=["10", "5"]).syn_steps == (10, 5)
+  with pytest.raises(ValueError, match="--eval_sizes"):
+    jit.JitConfig(eval_sizes=("a",))
+
+
+def test_child_main_prints_one_record(capsys):
+  config = scaling.ScalingConfig(width=8)
+  cmd = process.child_command("tesla_tf.bench.scaling", "echo", config, value=3)
+  assert cmd[:3] == [sys.executable, "-m", "tesla_tf.bench.scaling"]
+  process.child_main(scaling.ScalingConfig, {"echo": lambda c, value: {"width": c.width, "value": value,
+                                                                        "batches": c.step_batches}}, cmd[2:])
+  assert json.loads(capsys.readouterr().out) == {"width": 8, "value": 3, "batches": [25, 50, 100]}
