@@ -277,6 +277,36 @@ def write_json(path, obj):
   files.write_json(path, obj)
 
 
+def _real_sets(distilled_set, config, prep, split, train_data, validation_data, baseline_labeler):
+  """What evaluation needs of the real train split: the random subsets of the baseline, one per seed
+  ([(images in model space, label rows)], empty when config.baseline is off), the kind of their labels,
+  and the validation batches (None without a validation split)."""
+  num_classes = distilled_set.labels.shape[1]
+  subsets, label_source, validation = [], None, None
+  if config.baseline or (split.size and validation_data is None):
+    pool = train_data if train_data is not None else _default_real(
+        distilled_set.dataset, "train", config.data_dir)
+    index = (class_index.class_index_from_dataset(pool, num_classes) if isinstance(pool, tf.data.Dataset)
+             else class_index.build_class_index(np.asarray(pool[1]), num_classes))
+    index, validation_positions = split.split(index)
+    if split.size and validation_data is None:
+      validation_data = take(pool, validation_positions)
+  if validation_data is not None:
+    validation = _batches(validation_data, prep, config.test_batch_size)
+  if config.baseline:
+    use_labeler = distilled_set.soft and baseline_labeler is not None
+    label_source = "baseline_labeler" if use_labeler else "one-hot"
+    for k in range(config.num_eval):
+      x, y = random_subset(pool, index, distilled_set.ipc, config.seed + k)
+      if x.dtype == np.uint8:
+        x = prep.apply(x).numpy()
+      x = np.asarray(x, np.float32)
+      rows = (np.asarray(baseline_labeler(x), np.float32) if use_labeler
+              else np.eye(num_classes, dtype=np.float32)[np.asarray(y, np.int64)])
+      subsets.append((x, rows))
+  return subsets, label_source, validation
+
+
 def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=None, train_data=None,
                        validation_data=None, baseline_labeler: Optional[Callable] = None, out_path=None,
                        logdir=None, step=0):
@@ -316,28 +346,8 @@ def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=No
   test = _batches(test_data, prep, config.test_batch_size)
   split = holdout.Holdout(**distilled_set.holdout)
 
-  subsets, label_source, validation = [], None, None
-  if config.baseline or (split.size and validation_data is None):
-    pool = train_data if train_data is not None else _default_real(
-        distilled_set.dataset, "train", config.data_dir)
-    index = (class_index.class_index_from_dataset(pool, num_classes) if isinstance(pool, tf.data.Dataset)
-             else class_index.build_class_index(np.asarray(pool[1]), num_classes))
-    index, validation_positions = split.split(index)
-    if split.size and validation_data is None:
-      validation_data = take(pool, validation_positions)
-  if validation_data is not None:
-    validation = _batches(validation_data, prep, config.test_batch_size)
-  if config.baseline:
-    use_labeler = distilled_set.soft and baseline_labeler is not None
-    label_source = "baseline_labeler" if use_labeler else "one-hot"
-    for k in range(config.num_eval):
-      x, y = random_subset(pool, index, distilled_set.ipc, config.seed + k)
-      if x.dtype == np.uint8:
-        x = prep.apply(x).numpy()
-      x = np.asarray(x, np.float32)
-      rows = (np.asarray(baseline_labeler(x), np.float32) if use_labeler
-              else np.eye(num_classes, dtype=np.float32)[np.asarray(y, np.int64)])
-      subsets.append((x, rows))
+  subsets, label_source, validation = _real_sets(distilled_set, config, prep, split, train_data,
+                                                 validation_data, baseline_labeler)
 
   results = {"distilled": {}, "random_subset": {} if config.baseline else None}
   used_kwargs = {}

@@ -258,35 +258,12 @@ def open_store(config):
   return store, ExpertData(train, num_train, _test_examples(config), store.preprocessor())
 
 
-def _initial_model(config, index):
-  """Expert `index`'s network at its initial weights (seed from (config.seed, index)), uncompiled."""
+def build_expert(config, index):
+  """Expert `index`'s network at its initial weights (seed from (config.seed, index)); `TrainStep`
+  trains it."""
   info = sources.get_info(config.dataset)
   return models.build(config.model, info.num_classes, info.image_shape,
                       seed=expert_seeds(config.seed, index)[0], **dict(config.model_kwargs))
-
-
-def build_expert(config, index, hard_labels=True):
-  """Expert `index`'s network at its initial weights, compiled with the expert recipe.
-
-  `train_expert` does not use the compiled optimizer or loss (it runs `TrainStep`); this is for tools that
-  time the recipe with `keras.Model.fit` in a single process (tesla_tf/bench/).
-
-  Args:
-    config: ExpertConfig.
-    index: expert index; the init seed derives from (config.seed, index).
-    hard_labels: integer labels (sparse CE) or probability rows (CE with soft targets).
-
-  Returns:
-    A compiled keras.Model: plain SGD(lr_teacher, momentum 0), cross-entropy from logits, accuracy.
-  """
-  model = _initial_model(config, index)
-  model.compile(
-      optimizer=keras.optimizers.SGD(config.lr_teacher, momentum=0.0),
-      loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=True) if hard_labels
-            else keras.losses.CategoricalCrossentropy(from_logits=True)),
-      metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy") if hard_labels
-               else keras.metrics.CategoricalAccuracy("accuracy")])
-  return model
 
 
 def _loss_terms(labels, logits):
@@ -324,16 +301,17 @@ class TrainStep:
     learning_rate: SGD learning rate.
     global_batch_size: examples per global train batch, or None to count them at every step (one more
       all-reduce); the train pipeline drops partial batches, so its static batch size is the count.
+    jit_compile: compile the steps with XLA (tools/benchmark_jit.py measures it; off by default).
   """
 
-  def __init__(self, model, strategy, learning_rate, global_batch_size=None):
+  def __init__(self, model, strategy=None, learning_rate=0.01, global_batch_size=None, jit_compile=False):
     self.model = model
-    self.strategy = strategy
+    self.strategy = strategy or tf.distribute.get_strategy()
     self.learning_rate = float(learning_rate)
     self.global_batch_size = None if global_batch_size is None else int(global_batch_size)
     self._variables = list(model.trainable_variables)
-    self.train = tf.function(self._train, reduce_retracing=True)
-    self.evaluate = tf.function(self._evaluate, reduce_retracing=True)
+    self.train = tf.function(self._train, reduce_retracing=True, jit_compile=jit_compile)
+    self.evaluate = tf.function(self._evaluate, reduce_retracing=True, jit_compile=jit_compile)
 
   def _replica_train(self, images, labels):
     context = tf.distribute.get_replica_context()
@@ -411,7 +389,7 @@ def train_expert(config, index, data, strategy=None):
   train = multi_worker.sharded_by_data(train)
   test = multi_worker.sharded_by_data(pipeline.eval_pipeline(data.test, data.preprocessor, _EVAL_BATCH))
   with strategy.scope():
-    model = _initial_model(config, index)
+    model = build_expert(config, index)
   # The train pipeline drops partial batches: its static batch size is every global batch's.
   step = TrainStep(model, strategy, config.lr_teacher, global_batch_size=train.element_spec[0].shape[0])
   train_batches = strategy.experimental_distribute_dataset(train)

@@ -9,7 +9,9 @@ tool's flags, same names and defaults) and `run(config)`; tools/benchmark*.py on
   process   what speed and scaling share: /proc memory readings, watched child processes
 """
 
-from tesla_tf import errors
+import os
+
+from tesla_tf import errors, files
 
 
 def int_tuple(values, flag):
@@ -18,3 +20,14 @@ def int_tuple(values, flag):
     return tuple(int(v) for v in values)
   except (TypeError, ValueError):
     raise errors.UsageError(f"--{flag}: expected integers, got {values!r}.") from None
+
+
+def write_generated(path, begin, end, block, title):
+  """Writes `block` between the `begin` and `end` marker lines of the page at `path` (the rest of the page
+  is hand-written and kept); a page without the markers gets them appended, a missing one `title`."""
+  page = f"# {title}\n" if not os.path.exists(path) else open(path, encoding="utf-8").read()
+  if begin in page and end in page:
+    page = page[:page.index(begin)] + f"{begin}\n{block}{end}" + page[page.index(end) + len(end):]
+  else:
+    page = page.rstrip("\n") + f"\n\n{begin}\n{block}{end}\n"
+  files.write_text(path, page)

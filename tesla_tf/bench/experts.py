@@ -100,14 +100,18 @@ def pipeline_rate(data, config, data_service, batches):
 
 
 def step_rate(data, config, steps):
-  """Train steps/s of the compiled Keras step on one cached batch (no input cost)."""
-  model = experts_lib.build_expert(config, 0)
+  """Train steps/s of the expert recipe's compiled step (experts.TrainStep) on one cached batch (no input
+  cost)."""
+  step = experts_lib.TrainStep(experts_lib.build_expert(config, 0), learning_rate=config.lr_teacher,
+                               global_batch_size=config.batch_size)
   batch = next(iter(pipeline.train_pipeline(data.train, data.preprocessor, config.batch_size, seed=0,
                                             dsa_strategy=config.dsa_strategy)))
-  ds = tf.data.Dataset.from_tensors(batch).repeat()
-  model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)
+  for _ in range(5):
+    step.train(batch)
   start = time.perf_counter()
-  model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+  for _ in range(steps):
+    stats = step.train(batch)
+  stats.numpy()
   return steps / (time.perf_counter() - start)
 
 

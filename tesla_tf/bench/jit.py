@@ -1,7 +1,7 @@
 """Does XLA (`jit_compile`) speed up expert training or evaluation on this machine? Seconds per epoch, both
 ways (tools/benchmark_jit.py; quoted in docs/quality.md).
 
-Expert training: the Keras expert recipe (`experts.build_expert`, DSA input pipeline) on the Fashion-MNIST
+Expert training: the expert recipe (`experts.TrainStep`, DSA input pipeline) on the Fashion-MNIST
 train set minus its validation split, compiled with jit_compile False and True; epoch 1 (tracing) is
 reported apart from the others. Evaluation: one `evaluate.Trainer` epoch function on a set of n images
 (IPC 1 and 10 sizes), plain and XLA-compiled. The two variants run one after the other in this process,
@@ -13,7 +13,6 @@ import tempfile
 import time
 from typing import Optional
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -48,19 +47,18 @@ class JitConfig:
 
 
 def expert_seconds(config, jit, store_dir):
-  """Seconds of every epoch of one expert fit with the recipe, compiled with jit_compile=jit."""
+  """Seconds of every epoch of one expert trained with the recipe (experts.TrainStep), jit_compile=jit."""
   expert_config = experts.ExpertConfig(dataset="fashion_mnist", store_dir=store_dir,
                                        model_kwargs={"width": config.width}, epochs=config.expert_epochs,
                                        max_train_examples=config.max_train_examples)
   _, data = experts.open_store(expert_config)
   train = pipeline.train_pipeline(data.train, data.preprocessor, expert_config.batch_size, seed=0)
-  model = experts.build_expert(expert_config, 0)
-  model.compile(optimizer=keras.optimizers.SGD(expert_config.lr_teacher), jit_compile=jit,
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  step = experts.TrainStep(experts.build_expert(expert_config, 0), learning_rate=expert_config.lr_teacher,
+                           global_batch_size=expert_config.batch_size, jit_compile=jit)
   seconds = []
   for _ in range(expert_config.epochs):
     start = time.time()
-    model.fit(train, epochs=1, verbose=0)
+    step.run(train)
     seconds.append(time.time() - start)
   return seconds
 

@@ -27,7 +27,7 @@ from absl import logging
 import numpy as np
 
 from tesla_tf import store as store_lib
-from tesla_tf import evaluate, experts
+from tesla_tf import bench, evaluate, experts
 from tesla_tf.distill import history as history_lib
 from tesla_tf.distill import labels as labels_lib
 from tesla_tf.distill import loop
@@ -297,26 +297,11 @@ def write_report(config):
       epochs=budget.get("expert_train_epochs", config.expert_epochs_trained),
       width=budget.get("width", config.width),
       expert_seconds=records[0]["seconds"]["experts"] if records else "–", published=published)
-  _replace_block(os.path.join(config.docs_dir, "quality.md"), text)
+  bench.write_generated(os.path.join(config.docs_dir, "quality.md"), BEGIN, END, text, "Quality benchmark")
   return records
 
 
 BEGIN, END = "<!-- generated table: begin -->", "<!-- generated table: end -->"
-
-
-def _replace_block(path, block):
-  """Writes `block` between the BEGIN/END markers of `path` (the rest of the page is hand-written)."""
-  page = f"# Quality benchmark\n\n{BEGIN}\n{END}\n"
-  if os.path.exists(path):
-    with open(path) as f:
-      page = f.read()
-  if BEGIN not in page or END not in page:
-    page += f"\n{BEGIN}\n{END}\n"
-  head, rest = page.split(BEGIN, 1)
-  tail = rest.split(END, 1)[1]
-  with open(path + ".tmp", "w") as f:
-    f.write(f"{head}{BEGIN}\n{block}{END}{tail}")
-  os.replace(path + ".tmp", path)
 
 
 GENERATED = """<!-- tools/benchmark_quality.py writes this block from quality.json; edit outside it. -->

@@ -10,7 +10,7 @@ TESLA ImageNet-1K student. Parts (`measure`); every measurement runs in a fresh 
             cost and constancy in N), and tesla with larger synthetic sets (rows_slope: what costs
             scale with n rather than with batch_syn).
   unrolled  the same iteration in unrolled mode at N = unrolled_steps: memory per kept step.
-  expert    the expert recipe's Keras train step (experts.build_expert) and the teacher forward pass at
+  expert    the expert recipe's train step (experts.TrainStep) and the teacher forward pass at
             expert_batch: s/step and the achieved FLOP rate (analytic conv + dense FLOPs).
   pipeline  the expert input pipeline (pipeline.train_pipeline: shuffle, batch, normalise, DSA) on
             in-memory 64×64×3 uint8 images: images/s.
@@ -202,7 +202,8 @@ def analytic_flops(model):
 
 
 def measure_expert(config):
-  """The expert recipe's train step (Keras, plain SGD) and the no-grad teacher forward, one batch."""
+  """The expert recipe's train step (experts.TrainStep, plain SGD) and the no-grad teacher forward, one
+  batch."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tesla_tf import experts  # pylint: disable=g-import-not-at-top
@@ -212,6 +213,7 @@ def measure_expert(config):
   expert_config = experts.ExpertConfig(dataset="imagenet64", store_dir=tempfile.gettempdir(),
                                        model="convnet_d4", model_kwargs={"width": config.width})
   model = experts.build_expert(expert_config, 0)
+  step = experts.TrainStep(model, learning_rate=expert_config.lr_teacher, global_batch_size=batch)
   fmodel = FlatModel(model)
   rng = np.random.default_rng(0)
   x = tf.constant(rng.standard_normal((batch,) + SHAPE, dtype=np.float32))
@@ -220,13 +222,13 @@ def measure_expert(config):
   forward = tf.function(lambda: tf.nn.softmax(fmodel.apply(fmodel.get_flat(), x, training=False)))
   baseline, tf_current = _start_memory()
   fwd = _timed(lambda _: forward().numpy(), config.expert_iters)
-  train = _timed(lambda _: model.train_on_batch(x, y), config.expert_iters)
+  train = _timed(lambda _: step.train((x, y)).numpy(), config.expert_iters)
   flops = analytic_flops(model)
   return {"kind": "expert", "batch": batch, "num_params": fmodel.num_params, "forward_flops_per_image": flops,
           "baseline_rss_gb": baseline, "tf_baseline_gb": tf_current, "forward": fwd, "train_step": train,
           "forward_gflops_per_s_wall": flops * batch / fwd["s"] / 1e9,
           "train_gflops_per_s_wall_3x": 3 * flops * batch / train["s"] / 1e9,
-          "jit_compile": bool(getattr(model, "jit_compile", False)), "tf_version": tf.__version__}
+          "jit_compile": False, "tf_version": tf.__version__}
 
 
 def measure_store(config):

@@ -490,24 +490,16 @@ def write_report(config, results):
   png = os.path.join(config.out_dir, "benchmark_memory.png")
   if records:
     _plot(records, png)
-  lines = [BEGIN, "", f"Generated {time.strftime('%Y-%m-%d %H:%M')} from "
+  lines = ["", f"Generated {time.strftime('%Y-%m-%d %H:%M')} from "
            f"`{os.path.relpath(config.results_path, REPO)}`.",
            "", "### Speed and memory", ""] + _speed_rows(records) + [
            "", "### Targets", ""] + _targets(records) + [
            "", f"![memory and time vs N]({os.path.basename(png)})", ""] + _variant_rows(results) + [
            "",
            "### tesla vs exact image gradients on a real expert (Fashion-MNIST)", ""] + _fidelity_rows(fidelity) + [
-           "", END]
+           "", ""]
   doc = os.path.join(config.out_dir, "benchmarks.md")
-  text = "# Benchmarks\n\n"
-  if os.path.exists(doc):
-    with open(doc) as f:
-      text = f.read()
-  if BEGIN in text and END in text:
-    text = text[:text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
-  else:
-    text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-  files.write_text(doc, text)
+  bench.write_generated(doc, BEGIN, END, "\n".join(lines), "Benchmarks")
   logging.info("wrote %s and %s", doc, png)
 
 
