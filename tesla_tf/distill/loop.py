@@ -88,10 +88,11 @@ def _check(config, n):
 class Distiller:
   """The synthetic set, its labels, the expert rotation and the compiled iteration, all checkpointable."""
 
-  def __init__(self, config):
+  def __init__(self, config, store=None):
+    """store: the TrajectoryStore of config.store_dir when the caller has opened it already."""
     self.config = c = config
     self.teacher_how = labels_lib.TeacherLabels(c.label_temperature, c.label_mix)  # checks them
-    self.store = store_lib.TrajectoryStore(c.store_dir)
+    self.store = store or store_lib.TrajectoryStore(c.store_dir)
     self.experts = self.store.compatible_with(c.dataset, c.max_start_epoch + c.expert_epochs)
     self.preprocessor, self.holdout = self.store.preprocessor(), self.store.holdout()
     self.fmodel = self.store.build_model()
@@ -234,11 +235,11 @@ def distill(config):
   tf.config.experimental.enable_op_determinism()
   os.makedirs(config.run_dir, exist_ok=True)
   with run_dir_lib.Lock(config.run_dir):
+    store = store_lib.TrajectoryStore(config.store_dir)
     settings = dataclasses.asdict(config)
-    record = json.loads(json.dumps(
-        {**settings, "model": store_lib.TrajectoryStore(config.store_dir).manifest.model_spec}))
+    record = json.loads(json.dumps({**settings, "model": store.manifest.model_spec}))
     run_dir_lib.check_resume(config.run_dir, record)
-    distiller = Distiller(config)
+    distiller = Distiller(config, store)
     run_dir_lib.write_record(config.run_dir, record, run_dir_lib.as_flags(settings))
     files.remove_stale_temps(config.run_dir, distilled.EXPORT_DIR)  # of an export that was killed
     return _run(config, distiller)
