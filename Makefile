@@ -16,7 +16,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # A GPU machine is one where nvidia-smi lists a device.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 REQUIREMENTS ?= $(if $(HAS_GPU),requirements.txt,requirements-cpu.txt)
-# One stamp per requirements file: pip runs again only when that file is newer than the stamp.
+# One stamp per requirements file: pip runs again only when that file or pyproject.toml is newer than it.
 STAMP := $(VENV)/.installed-$(basename $(notdir $(REQUIREMENTS)))
 
 .PHONY: help venv test demo bench bench-quality bench-scaling bench-experts bench-jit bench-test clean distclean
@@ -29,7 +29,7 @@ help:
 	@echo "make bench-scaling  run tools/benchmark_scaling.py (resumable; docs/scaling_results.json)"
 	@echo "make bench-experts  run tools/benchmark_experts.py; make bench-jit  run tools/benchmark_jit.py"
 	@echo "make bench-test     the benchmarks' smoke tests (tests/test_bench.py, tests/test_quality.py)"
-	@echo "make venv    create/update $(VENV) from $(REQUIREMENTS)$(if $(HAS_GPU), (GPU found), (no GPU))"
+	@echo "make venv    create/update $(VENV) from $(REQUIREMENTS)$(if $(HAS_GPU), (GPU found), (no GPU)), then pip install -e ."
 	@echo "make clean   remove caches and demo output; make distclean also removes $(VENV)"
 
 venv: $(STAMP)
@@ -37,7 +37,7 @@ venv: $(STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(REQUIREMENTS) | $(PY)
+$(STAMP): $(REQUIREMENTS) pyproject.toml | $(PY)
 # The two files hold different TensorFlow wheels sharing one package dir: never mix them in one venv.
 	@for s in $(VENV)/.installed-*; do \
 	  if [[ -e "$$s" && "$$s" != "$@" ]]; then \
@@ -46,6 +46,8 @@ $(STAMP): $(REQUIREMENTS) | $(PY)
 	  fi; \
 	done
 	$(PY) -m pip install -r $(REQUIREMENTS)
+# The project itself, editable: the tools, the tests and `import tesla_tf` read this checkout through it.
+	$(PY) -m pip install --no-deps -e .
 	touch $@
 
 # Test files are shared out to TEST_WORKERS processes (pytest-xdist), whole files per worker so that a

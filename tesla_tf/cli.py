@@ -68,8 +68,8 @@ def _environment_message(e):
   if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
     return f"{e.filename or 'a file'}: {e.strerror}."
   text = str(getattr(e, "message", e))
-  if errors.DATA_ERROR in text:  # a bad file found inside a tf.data pipeline (data/sources.py)
-    return " ".join(text.split(errors.DATA_ERROR, 1)[1].split("\n")[0].replace("[", " ").replace("]", " ").split())
+  if errors.data_error_message(text):  # a bad file found inside a tf.data pipeline (data/sources.py)
+    return errors.data_error_message(text)
   if type(e).__name__ in _TF_ENVIRONMENT_ERRORS and type(e).__module__.startswith("tensorflow"):
     text = str(getattr(e, "message", e)).splitlines()[0]
     return re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]$", "", text)  # TF's op decorations

@@ -39,3 +39,11 @@ class DivergenceError(TeslaError, RuntimeError):
 # Marks the message of a bad file found inside a tf.data pipeline (data/sources.py asserts it, cli.py finds
 # it in TF's error text).
 DATA_ERROR = "tesla_tf data error:"
+
+
+def data_error_message(text):
+  """The one-line message of a DATA_ERROR assertion inside TF's error text, or None."""
+  if DATA_ERROR not in text:
+    return None
+  message = text.split(DATA_ERROR, 1)[1].split("\n")[0]
+  return " ".join(message.replace("[", " ").replace("]", " ").split())

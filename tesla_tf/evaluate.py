@@ -242,11 +242,13 @@ def _model_kwargs(distilled_set, arch, config):
   return {**kwargs, **dict(config.model_kwargs.get(arch, {}))}
 
 
-def _default_real(dataset, split, data_dir):
-  """The real split as arrays (small IDX datasets) or a streaming dataset of (uint8 image, label)."""
-  if sources.get_info(dataset).in_memory:
-    return sources.load_numpy(dataset, split, data_dir)
-  return sources.load(dataset, split, data_dir)
+def _default_real(distilled_set, split, data_dir):
+  """The set's real split as arrays (small IDX datasets) or a streaming dataset of (uint8 image, label),
+  read as the experts read it."""
+  info = sources.get_info(distilled_set.dataset, data_dir, **distilled_set.data_options)
+  if info.in_memory:
+    return sources.load_numpy(info, split, data_dir)
+  return sources.load(info, split, data_dir)
 
 
 def take(pool, positions):
@@ -284,8 +286,7 @@ def _real_sets(distilled_set, config, prep, split, train_data, validation_data, 
   num_classes = distilled_set.labels.shape[1]
   subsets, label_source, validation = [], None, None
   if config.baseline or (split.size and validation_data is None):
-    pool = train_data if train_data is not None else _default_real(
-        distilled_set.dataset, "train", config.data_dir)
+    pool = train_data if train_data is not None else _default_real(distilled_set, "train", config.data_dir)
     index = (class_index.class_index_from_dataset(pool, num_classes) if isinstance(pool, tf.data.Dataset)
              else class_index.build_class_index(np.asarray(pool[1]), num_classes))
     index, validation_positions = split.split(index)
@@ -342,7 +343,7 @@ def evaluate_distilled(distilled_set, config, *, preprocessor=None, test_data=No
     raise errors.UsageError(f"The set's learned α is {lr}, not a usable learning rate; pass lr (--lr) instead.")
   archs = tuple(config.models) or (distilled_set.model["name"],)
   if test_data is None:
-    test_data = _default_real(distilled_set.dataset, "test", config.data_dir)
+    test_data = _default_real(distilled_set, "test", config.data_dir)
   test = _batches(test_data, prep, config.test_batch_size)
   split = holdout.Holdout(**distilled_set.holdout)
 

@@ -22,6 +22,7 @@ the chief alone writes the store.
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import os
 import socket
@@ -53,9 +54,11 @@ class ExpertConfig:
   """Settings of `train_experts` (tools/train_experts.py flags, REFERENCE §1 defaults).
 
   Attributes:
-    dataset: a key of sources.DATASETS.
+    dataset: a key of sources.DATASETS, "folder" or "tfds:<name>[:<version>]" (sources.get_info).
     store_dir: the trajectory store directory.
     data_dir: where the dataset is (None = the loader's defaults).
+    image_size, image_key, label_key, train_split, test_split: how a folder or tfds: dataset is read
+      (sources.OPTIONS; None = its own); the store records them for distillation and evaluation.
     model: a key of models.ARCHITECTURES.
     model_kwargs: architecture options, a dict or tuple of (name, value) pairs (e.g. width, depth).
     preprocessing: "normalize" or "zca".
@@ -94,11 +97,16 @@ class ExpertConfig:
   validation_size: int | None = None
   verbose: int = 1
   strategy: str = "none"
+  image_size: int | None = None
+  image_key: str | None = None
+  label_key: str | None = None
+  train_split: str | None = None
+  test_split: str | None = None
 
   def __post_init__(self):
     kwargs = self.model_kwargs
     object.__setattr__(self, "model_kwargs", tuple(sorted(dict(kwargs).items())))
-    sources.get_info(self.dataset)
+    self.info  # pylint: disable=pointless-statement  (resolves the dataset: refuses a bad one now)
     if self.model.lower() not in models.ARCHITECTURES:
       raise errors.UsageError(f"Unknown model {self.model!r} (--model); expected one of "
                               f"{sorted(models.ARCHITECTURES)}.")
@@ -123,6 +131,12 @@ class ExpertConfig:
       raise errors.UsageError(f"max_train_examples={self.max_train_examples} is smaller than one batch "
                               f"(batch_size={self.batch_size}).")
 
+
+  @functools.cached_property
+  def info(self):
+    """The dataset's sources.DatasetInfo, resolved with the read options."""
+    options = {name: getattr(self, name) for name in sources.OPTIONS}
+    return sources.get_info(self.dataset, self.data_dir, **options)
 
 def expert_seeds(seed, index):
   """(init seed, data seed) of expert `index`: a pure function of (seed, index)."""
@@ -154,56 +168,58 @@ def _count(ds):
 def _subset(config, split, size):
   """A seeded random subset of `size` examples of a split (all if smaller), as numpy (images, labels)."""
   rng = np.random.default_rng(config.seed)
-  if sources.get_info(config.dataset).in_memory:  # in memory already: index it directly
-    images, labels = sources.load_numpy(config.dataset, split, config.data_dir)
+  if config.info.in_memory:  # in memory already: index it directly
+    images, labels = sources.load_numpy(config.info, split, config.data_dir)
     positions = np.sort(rng.choice(len(labels), min(size, len(labels)), replace=False))
     return images[positions], labels[positions]
-  ds = sources.load(config.dataset, split, config.data_dir)
+  ds = sources.load(config.info, split, config.data_dir)
   count = _count(ds)
   return sources.take_positions(ds, np.sort(rng.choice(count, min(size, count), replace=False)))
 
 
 def store_holdout(config):
   """The validation split of the store `config` trains (data/holdout.py)."""
-  return holdout.for_dataset(config.dataset, config.validation_size, config.seed)
+  return holdout.for_dataset(config.info, config.validation_size, config.seed)
 
 
 def _train_examples(config):
   """(train dataset, count, numpy images or None): the train split minus the validation split, or a
   seeded subset of that rest of max_train_examples examples."""
-  info = sources.get_info(config.dataset)
+  info = config.info
   split = store_holdout(config)
   in_memory = info.in_memory or config.preprocessing == "zca" or config.max_train_examples is not None
   if split.size == 0 and not in_memory:
-    ds = sources.load(config.dataset, "train", config.data_dir)
+    ds = sources.load(info, "train", config.data_dir)
     return ds, _count(ds), None
-  arrays = sources.load_numpy(config.dataset, "train", config.data_dir) if info.in_memory else None
+  arrays = sources.load_numpy(info, "train", config.data_dir) if info.in_memory else None
   index = (sources.build_class_index(arrays[1], info.num_classes) if arrays is not None
-           else holdout.train_index(config.dataset, config.data_dir, config.store_dir))
+           else holdout.train_index(info, config.data_dir, config.store_dir))
   rest, _ = split.split(index)
   keep = holdout.positions_of(rest)
   if config.max_train_examples is not None:
     rng = np.random.default_rng(config.seed)
     keep = np.sort(rng.choice(keep, min(config.max_train_examples, len(keep)), replace=False))
   if not in_memory:
-    ds = holdout.keep_positions(sources.load(config.dataset, "train", config.data_dir), keep,
+    ds = holdout.keep_positions(sources.load(info, "train", config.data_dir), keep,
                                 sum(len(p) for p in index))
     return ds, len(keep), None
   if arrays is not None:
     images, labels = arrays[0][keep], arrays[1][keep]
   else:
-    images, labels = sources.take_positions(sources.load(config.dataset, "train", config.data_dir), keep)
+    images, labels = sources.take_positions(sources.load(info, "train", config.data_dir), keep)
   return tf.data.Dataset.from_tensor_slices((images, labels)), len(labels), images
 
 
 def _test_examples(config):
   if config.max_test_examples is None:
-    return sources.load(config.dataset, "test", config.data_dir)
+    return sources.load(config.info, "test", config.data_dir)
   return tf.data.Dataset.from_tensor_slices(_subset(config, "test", config.max_test_examples))
 
 
 def _store_preprocessor(config, info, train_images):
-  """The store's preprocessing: ZCA is fitted once and saved in the store before its manifest."""
+  """The store's preprocessing: ZCA is fitted once and saved in the store before its manifest; a dataset
+  read from the data (folder, tfds:) gets its mean/std computed here (sources.statistics, which also
+  names any unreadable image of a folder) and recorded in the manifest."""
   if os.path.isfile(os.path.join(config.store_dir, store_lib.MANIFEST)):
     existing = store_lib.TrajectoryStore(config.store_dir).manifest.preprocessing
     if existing.get("kind") != config.preprocessing:  # refuse before touching the store's files
@@ -211,8 +227,10 @@ def _store_preprocessor(config, info, train_images):
           f"Trajectory store {config.store_dir} was made for other settings (preprocessing: store has "
           f"{existing.get('kind')!r}, asked for {config.preprocessing!r}). Use another --store_dir, or "
           "the store's settings.")
-    if existing["kind"] == "zca":
-      return preprocess.from_dict(existing, config.store_dir)
+    return preprocess.from_dict(existing, config.store_dir)
+  if not info.mean:
+    mean, std = sources.statistics(info, config.data_dir)
+    info = dataclasses.replace(info, mean=mean, std=std)
   preprocessor = preprocess.build(config.preprocessing, info, train_images)
   if config.preprocessing == "zca":
     os.makedirs(config.store_dir, exist_ok=True)
@@ -232,8 +250,9 @@ def _store_preprocessor(config, info, train_images):
 
 def manifest_fields(config, flat_model, preprocessor):
   """The manifest of a store of experts trained with `config`."""
-  info = sources.get_info(config.dataset)
+  info = config.info
   return {"dataset": config.dataset, "num_classes": info.num_classes, "image_shape": info.image_shape,
+          "class_names": list(info.class_names), "data_options": info.data_options,
           "model": config.model.lower(), "model_kwargs": dict(config.model_kwargs),
           "num_params": flat_model.num_params, "layout": flat_model.layout(),
           "preprocessing": preprocessor.to_dict(), "epochs": config.epochs,
@@ -248,7 +267,7 @@ def open_store(config):
   Returns:
     (TrajectoryStore, ExpertData); the preprocessor is the one saved in the store.
   """
-  info = sources.get_info(config.dataset)
+  info = config.info
   train, num_train, train_images = _train_examples(config)
   preprocessor = _store_preprocessor(config, info, train_images)
   probe = FlatModel(models.build(config.model, info.num_classes, info.image_shape,
@@ -261,7 +280,7 @@ def open_store(config):
 def build_expert(config, index):
   """Expert `index`'s network at its initial weights (seed from (config.seed, index)); `TrainStep`
   trains it."""
-  info = sources.get_info(config.dataset)
+  info = config.info
   return models.build(config.model, info.num_classes, info.image_shape,
                       seed=expert_seeds(config.seed, index)[0], **dict(config.model_kwargs))
 

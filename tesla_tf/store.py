@@ -27,12 +27,13 @@ from tesla_tf import files
 from tesla_tf import models
 from tesla_tf.data import holdout as holdout_lib
 from tesla_tf.data import preprocess
+from tesla_tf.data import sources
 from tesla_tf.models.flat import FlatModel
 
 MANIFEST = "manifest.json"
 FORMAT = "tesla_tf.trajectory_store/1"
 # Fields that must agree for two sets of experts to share one store.
-COMPAT_FIELDS = ("format", "dataset", "num_classes", "image_shape", "model", "model_kwargs", "num_params",
+COMPAT_FIELDS = ("format", "dataset", "data_options", "num_classes", "image_shape", "model", "model_kwargs", "num_params",
                  "layout", "preprocessing", "epochs", "lr_teacher", "momentum", "batch_size",
                  "dsa_strategy", "seed", "max_train_examples", "holdout")
 _EXPERT_RE = re.compile(r"^expert_(\d+)\.json$")
@@ -52,7 +53,9 @@ class Manifest:
   """manifest.json: what every expert of a store shares. Nothing outside this module reads its raw keys.
 
   Attributes:
-    dataset: a key of sources.DATASETS.  num_classes, image_shape: the dataset's.
+    dataset: its name for sources.get_info.  num_classes, image_shape: the dataset's.
+    class_names: the C class names in label order ([] in stores made before 2026-12: the registry's).
+    data_options: how the data is read (sources.OPTIONS that were set, e.g. {"image_size": 32}).
     model, model_kwargs: the architecture (models.build) and its options.
     num_params, layout: the flat parameter vector (FlatModel.layout()).
     preprocessing: the preprocessor's to_dict() (its files, e.g. zca.npz, are in the store).
@@ -76,6 +79,8 @@ class Manifest:
   seed: int = 0
   max_train_examples: Optional[int] = None
   holdout: dict = dataclasses.field(default_factory=dict)
+  class_names: list = dataclasses.field(default_factory=list)
+  data_options: dict = dataclasses.field(default_factory=dict)
   format: str = FORMAT
   created: str = ""
 
@@ -194,6 +199,10 @@ class TrajectoryStore:
     fmodel = FlatModel(models.build(m.model, m.num_classes, m.image_shape, **m.model_kwargs))
     self.check_compatible({"layout": fmodel.layout()})
     return fmodel
+
+  def dataset_info(self, data_dir=None):
+    """The sources.DatasetInfo of the experts' data at data_dir, read as they read it."""
+    return sources.get_info(self.manifest.dataset, data_dir, **self.manifest.data_options)
 
   def holdout(self):
     """The validation split the experts were trained without (data/holdout.py)."""

@@ -174,11 +174,10 @@ def test_train_step_is_sgd_on_the_batch_mean_cross_entropy(soft, global_batch):
 
 
 _MIRRORED_STEP = textwrap.dedent("""
-    import json, sys
+    import json
     import tensorflow as tf
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-    sys.path.insert(0, {root!r})
     import numpy as np
     from tesla_tf import experts, models
     from tesla_tf.models.flat import FlatModel
@@ -206,7 +205,7 @@ _MIRRORED_STEP = textwrap.dedent("""
 def test_train_step_under_mirrored_strategy_equals_one_replica():
   """2 logical CPUs split a batch of 7 (4 + 3): same loss, accuracy and update as one replica, and the
   two copies of every variable stay equal."""
-  result = subprocess.run([sys.executable, "-c", _MIRRORED_STEP.format(root=ROOT)], capture_output=True,
+  result = subprocess.run([sys.executable, "-c", _MIRRORED_STEP.format()], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
                                                        "CUDA_VISIBLE_DEVICES": ""})
   assert result.returncode == 0, result.stderr[-3000:]
@@ -384,9 +383,8 @@ def _flagfile_problems(path, known):
 
 
 _PARSE_CONFIGS = """
-import json, sys
+import dataclasses, json, sys
 sys.argv = [sys.argv[0]]
-sys.path.insert(0, {root!r})
 import importlib.util
 spec = importlib.util.spec_from_file_location("train_experts_tool", {tool!r})
 tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
@@ -395,7 +393,7 @@ for path in {paths!r}:
   tool.FLAGS.unparse_flags()
   tool.FLAGS(["prog", "--flagfile=" + path, "--store_dir=/nonexistent/store"])
   config = tool.config_from_flags()
-  out[path] = {{k: v for k, v in config.__dict__.items()}}
+  out[path] = {{f.name: getattr(config, f.name) for f in dataclasses.fields(config)}}
 for bad in (["--model=alexnet", "--width=8"], ["--model=convnet_d4", "--depth=3"]):
   tool.FLAGS.unparse_flags()
   tool.FLAGS(["prog", "--dataset=fashion_mnist", "--store_dir=/x"] + bad)
@@ -410,7 +408,7 @@ print(json.dumps(out))
 def test_every_experts_config_parses_and_bad_flag_combinations_are_refused():
   paths = sorted(glob.glob(os.path.join(ROOT, "configs", "experts_*.cfg")))
   assert len(paths) == 7
-  code = _PARSE_CONFIGS.format(root=ROOT, tool=TOOL, paths=paths)
+  code = _PARSE_CONFIGS.format(tool=TOOL, paths=paths)
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
   assert result.returncode == 0, result.stderr[-3000:]

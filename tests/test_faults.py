@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from test_loop import make_store, small_config
+from tests.test_loop import make_store, small_config
 from tesla_tf import cli, errors, files
 from tesla_tf.data import distilled, sources
 from tesla_tf.distill import loop, run_dir as run_dir_lib
@@ -252,7 +252,7 @@ def test_flagfile_comment_after_a_value_and_self_inclusion_are_refused(tmp_path)
     (lambda m: m.update(image_shape=[8, 8]), r"key 'image_shape' should be \[h, w, c\]"),
 ])
 def test_metadata_is_validated_on_load(tmp_path, change, pattern):
-  from test_distilled import _set  # pylint: disable=import-outside-toplevel
+  from tests.test_distilled import _set  # pylint: disable=import-outside-toplevel
   out = str(tmp_path / "set")
   distilled.export(_set(), out)
   path = os.path.join(out, distilled.METADATA_FILE)
@@ -267,7 +267,7 @@ def test_metadata_is_validated_on_load(tmp_path, change, pattern):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-  from test_distilled import _set  # pylint: disable=import-outside-toplevel
+  from tests.test_distilled import _set  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("exports")
   paths = {}
   for kind in ("truncated", "corrupted"):

@@ -1,6 +1,7 @@
 """The validation split: class-balanced, seeded, and never seen by experts, the initialisation or the
 random-subset baseline."""
 
+import dataclasses
 import numpy as np
 import pytest
 
@@ -92,8 +93,7 @@ def test_experts_initialisation_and_baseline_draw_only_from_the_rest(position_da
   assert data.num_train == N - 500 and len(np.unique(trained_on)) == N - 500
   assert np.intersect1d(trained_on, validation).size == 0
   # A max_train_examples subset is drawn from the rest as well.
-  small = experts.ExpertConfig(**{**config.__dict__, "store_dir": str(tmp_path / "small"),
-                                  "max_train_examples": 1000})
+  small = dataclasses.replace(config, store_dir=str(tmp_path / "small"), max_train_examples=1000)
   _, subset = experts.open_store(small)
   assert np.intersect1d(_positions(subset.train.map(lambda x, y: x).batch(N).get_single_element()),
                         validation).size == 0

@@ -46,8 +46,8 @@ def make_store(path, dataset, width=8, seed=0, num_experts=2):
 
 def parse_tool_flags(argv):
   """Parses argv with tools/distill.py's flags in a fresh FlagValues; returns its DistillConfig."""
-  sys.path.insert(0, os.path.join(ROOT, "tools"))
-  import distill as tool  # pylint: disable=import-outside-toplevel
+  # The one import name of the tool in a test process: absl defines its flags at import.
+  from tesla_tf.tools import distill as tool  # pylint: disable=import-outside-toplevel
   tool.FLAGS.unparse_flags()
   tool.FLAGS(["distill.py"] + argv)
   return tool, tool.config_from_flags()

@@ -24,6 +24,27 @@ def test_parameter_counts_match_reference(classes, shape, name, expected):
   assert FlatModel(models.build(name, classes, shape)).num_params == expected
 
 
+def test_convnet_128px_has_depth_5():
+  model = models.build("convnet", 10, (128, 128, 3))
+  assert model.name == "convnet_d5"
+  assert [l.name for l in model.layers if isinstance(l, keras.layers.Conv2D)] == [f"conv{i}" for i in range(5)]
+  assert model.get_layer("classifier").kernel.shape == (128 * 4 * 4, 10)  # 128 / 2⁵ = 4
+  # conv0 3·3·3·128 + 128, conv1..4 4·(3·3·128·128 + 128), norms 5·2·128, classifier (128·4·4)·10 + 10
+  expected = (3 * 3 * 3 * 128 + 128) + 4 * (3 * 3 * 128 * 128 + 128) + 5 * 2 * 128 + (128 * 4 * 4) * 10 + 10
+  assert FlatModel(model).num_params == expected
+
+
+def test_convnet_96px_depth_follows_default_depth():
+  # 96 → 48 → 24 → 12 → 6 → 3: five halvings leave a 3 × 3 map (the first map at or below 4).
+  model = models.build("convnet", 7, (96, 96, 1), width=16)
+  assert model.name == "convnet_d5"
+  assert model.get_layer("classifier").kernel.shape == (16 * 3 * 3, 7)
+  # conv0 3·3·1·16 + 16, conv1..4 4·(3·3·16·16 + 16), norms 5·2·16, classifier (16·3·3)·7 + 7
+  expected = (3 * 3 * 1 * 16 + 16) + 4 * (3 * 3 * 16 * 16 + 16) + 5 * 2 * 16 + (16 * 3 * 3) * 7 + 7
+  assert FlatModel(model).num_params == expected
+  assert model(tf.zeros([1, 96, 96, 1])).shape == (1, 7)
+
+
 def test_fashion_mnist_first_conv_pads_to_32():
   model = models.build("convnet", 10, (28, 28, 1))
   assert model.get_layer("norm0").output.shape[1:3] == (32, 32)

@@ -10,18 +10,12 @@ child processes (`python -m tesla_tf.bench.speed`); --child runs one measurement
 
 import dataclasses
 import json
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from tesla_tf import cli
 from tesla_tf.bench import speed
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _D = speed.SpeedConfig()
 flags.DEFINE_list("parts", list(_D.parts), f"Which parts to run, from {speed.PARTS}.")

@@ -6,17 +6,12 @@ What is measured: tesla_tf/bench/experts.py. Results are printed and written as 
 """
 
 import dataclasses
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from tesla_tf import cli
 from tesla_tf.bench import experts
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _D = experts.ExpertsBenchConfig()
 flags.DEFINE_integer("width", _D.width, "ConvNet width.", lower_bound=1)

@@ -6,16 +6,11 @@ What is measured: tesla_tf/bench/jit.py. Results go to stdout and --out (json).
 """
 
 import dataclasses
-import os
-import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from tesla_tf import cli
 from tesla_tf.bench import jit
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _D = jit.JitConfig()
 flags.DEFINE_integer("width", _D.width, "ConvNet width.", lower_bound=1)

@@ -9,16 +9,12 @@ several sittings (interrupt it at any time; run the same command again to go on)
 """
 
 import os
-import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=wrong-import-position
 from tesla_tf import cli
 from tesla_tf.bench import quality
 from tesla_tf.distill import labels, matching
-# pylint: enable=wrong-import-position
 
 _D = quality.QualityConfig(workdir="")
 flags.DEFINE_string("workdir", os.path.expanduser("~/.cache/tesla_tf/quality"),

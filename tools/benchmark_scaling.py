@@ -12,17 +12,12 @@ process (`python -m tesla_tf.bench.scaling`); --child_kind runs one here and pri
 
 import dataclasses
 import json
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from tesla_tf import cli
 from tesla_tf.bench import scaling
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _D = scaling.ScalingConfig()
 flags.DEFINE_list("measure", list(_D.measure), f"Parts to run, from {scaling.PARTS}.")

@@ -6,15 +6,11 @@ A dispatcher, then any number of workers (one per input machine):
 The trainer then reads its input through the workers with --data_service=grpc://HOST:5050.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tesla_tf import cli  # pylint: disable=wrong-import-position
-from tesla_tf.data import service  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tesla_tf import cli
+from tesla_tf.data import service
 
 flags.DEFINE_enum("role", None, list(service.ROLES), "Which server to run.")
 flags.DEFINE_integer("port", 0, "Port to listen on (0 = any free port; give the dispatcher a fixed one).",

@@ -15,10 +15,10 @@ import time
 
 from absl import app, flags
 
+from tesla_tf import cli, demo, errors
+from tesla_tf.data import sources
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from tesla_tf import cli, demo, errors  # pylint: disable=wrong-import-position
-from tesla_tf.data import sources  # pylint: disable=wrong-import-position
 
 flags.DEFINE_string("workdir", "demo_run", "Where the experts and the run go (reused when re-run).")
 flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (default: the Debian package's).")

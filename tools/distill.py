@@ -8,19 +8,18 @@ Parses flags into a DistillConfig and calls tesla_tf.distill.loop.distill. Re-ru
 
 import dataclasses
 import os
-import sys
 
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tesla_tf import augment, cli, models  # pylint: disable=wrong-import-position
+from tesla_tf import augment, cli, models
 from tesla_tf.data import sources
 from tesla_tf.distill import loop, matching, replicas
 
 FLAGS = flags.FLAGS
 
 # data
-flags.DEFINE_enum("dataset", "fashion_mnist", sorted(sources.DATASETS), "Dataset to distil.")
+flags.DEFINE_string("dataset", "fashion_mnist", f"Dataset to distil (the experts' in --store_dir, read as "
+                    f"they read it): {sources.NAMES_HELP}.")
 flags.DEFINE_string("data_dir", None, "Where the dataset lives (default: the dataset's standard place).")
 # synthetic set
 flags.DEFINE_integer("ipc", 1, "Synthetic images per class.", lower_bound=1)
@@ -82,6 +81,7 @@ def _known_architectures(names):
   return True
 
 
+flags.register_validator("dataset", sources.is_name, f"--dataset: one of {sources.NAMES_HELP}.")
 flags.register_validator("dsa_strategy", augment.is_strategy,
                          "--dsa_strategy: families from " + ", ".join(augment.FAMILIES) + " joined by '_', or 'none'.")
 
@@ -100,5 +100,10 @@ def main(argv):
   logging.info("Distilled set: %s", os.path.join(config.run_dir, "distilled"))
 
 
-if __name__ == "__main__":
+def run():
+  """Console script tesla-distill."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -8,18 +8,14 @@ same recipe on a random real subset of the same size. Results also go to TensorB
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from tesla_tf import cli
 from tesla_tf import augment
 from tesla_tf import evaluate
 from tesla_tf import models
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # io
 flags.DEFINE_string("run_dir", "", "Run directory: reads <run_dir>/distilled, writes <run_dir>/eval.json and "
@@ -77,5 +73,10 @@ def main(argv):
   print(f"Results: {out}")
 
 
-if __name__ == "__main__":
+def run():
+  """Console script tesla-evaluate."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -8,15 +8,11 @@ distillation run writes). ZCA matrices are read from the source's export unless 
 says otherwise.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tesla_tf import cli  # pylint: disable=wrong-import-position
-from tesla_tf.data import distilled  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tesla_tf import cli
+from tesla_tf.data import distilled
 
 flags.DEFINE_string("source", None, "The distilled set: an export directory (holding metadata.json) or a "
                     "run directory (holding distilled/).")
@@ -39,5 +35,10 @@ def main(argv):
         f"{len(metadata['shards'])} shards, lr {metadata['lr']:.6g}) to {out_dir}")
 
 
-if __name__ == "__main__":
+def run():
+  """Console script tesla-export."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -9,15 +9,11 @@ A rerun resumes: finished shards (checked by sha256) are kept, the rest redone. 
 with --dataset=imagenet64 --data_dir=/data/imagenet64. Layout and conventions: tesla_tf/data/imagenet.py.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tesla_tf import cli  # pylint: disable=wrong-import-position
-from tesla_tf.data import imagenet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tesla_tf import cli
+from tesla_tf.data import imagenet
 
 # data
 flags.DEFINE_enum("source", "folder", list(imagenet.SOURCES),

@@ -7,26 +7,29 @@ One large expert trains on several machines with --strategy=multi_worker: every 
 command with its own TF_CONFIG (docs/experts_benchmark.md, "Multi-worker experts").
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from tesla_tf import cli
+from tesla_tf import errors
 from tesla_tf import augment
 from tesla_tf import experts
 from tesla_tf import models
 from tesla_tf import multi_worker
 from tesla_tf.data import preprocess
 from tesla_tf.data import sources
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # data
-flags.DEFINE_enum("dataset", None, sorted(sources.DATASETS), "Dataset to train the experts on.")
+flags.DEFINE_string("dataset", None, f"Dataset to train the experts on: {sources.NAMES_HELP}.")
 flags.DEFINE_string("data_dir", None, "Where the dataset is (default: the loader's standard places).")
+flags.DEFINE_integer("image_size", None, "folder / tfds: datasets: resize every image to this side × side "
+                     "(needed when their sizes differ or are not square). The ConvNet's depth follows it.",
+                     lower_bound=1)
+flags.DEFINE_string("image_key", None, "tfds: datasets: the image feature (default 'image').")
+flags.DEFINE_string("label_key", None, "tfds: datasets: the ClassLabel feature (default 'label').")
+flags.DEFINE_string("train_split", None, "tfds: datasets: the split to train on (default 'train').")
+flags.DEFINE_string("test_split", None, "tfds: datasets: the split to test on (default the first of test, "
+                    "validation, val, valid it has).")
 flags.DEFINE_enum("preprocessing", "normalize", sorted(preprocess.PREPROCESSORS),
                   "Per-channel normalisation, or ZCA whitening fitted once per store on the train set.")
 flags.DEFINE_integer("max_train_examples", None, "Train on a seeded random subset of this size "
@@ -66,6 +69,8 @@ flags.mark_flag_as_required("store_dir")
 FLAGS = flags.FLAGS
 
 
+flags.register_validator("dataset", lambda name: name is None or sources.is_name(name),
+                         f"--dataset: one of {sources.NAMES_HELP}.")
 flags.register_validator("dsa_strategy", augment.is_strategy,
                          "--dsa_strategy: families from " + ", ".join(augment.FAMILIES) + " joined by '_', or 'none'.")
 
@@ -91,7 +96,8 @@ def config_from_flags():
       epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher, batch_size=FLAGS.batch_train,
       dsa_strategy=FLAGS.dsa_strategy, seed=FLAGS.seed, data_service=FLAGS.data_service,
       max_train_examples=FLAGS.max_train_examples, max_test_examples=FLAGS.max_test_examples,
-      validation_size=FLAGS.validation_size, verbose=FLAGS.verbose, strategy=FLAGS.strategy)
+      validation_size=FLAGS.validation_size, verbose=FLAGS.verbose, strategy=FLAGS.strategy,
+      **{name: FLAGS[name].value for name in sources.OPTIONS})
 
 
 def main(argv):
@@ -99,6 +105,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
     config = config_from_flags()
+  except errors.TeslaError:
+    raise
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   store = experts.train_experts(config)
@@ -108,5 +116,10 @@ def main(argv):
     print(f"{store.path}: {len(store)} finished experts {store.finished()}")
 
 
-if __name__ == "__main__":
+def run():
+  """Console script tesla-train-experts."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

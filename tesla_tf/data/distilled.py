@@ -57,7 +57,7 @@ METADATA_KEYS = {
     "image_shape": (list, True), "num_classes": (int, True), "ipc": (int, True),
     "num_examples": (int, True), "soft_labels": (bool, True), "lr": (_NUMBER, True),
     "preprocessing": (dict, True), "model": (dict, True), "config": (dict, True), "shards": (list, True),
-    "files": (list, True), "tfds": (dict, True), "holdout": (dict, False),
+    "files": (list, True), "tfds": (dict, True), "holdout": (dict, False), "data_options": (dict, False),
 }
 _ENTRY_KEYS = {"file": str, "bytes": int, "sha256": str}
 
@@ -70,13 +70,15 @@ class DistilledSet:
     images: float32 [n, h, w, c] in the experts' model space (normalised or ZCA-whitened), class-sorted.
     labels: float32 [n, C] probability rows (one-hot for hard labels).
     lr: the learned step size α (the evaluation learning rate).
-    dataset: name in tesla_tf.data.sources.DATASETS.
+    dataset: its name for tesla_tf.data.sources.get_info (a key of DATASETS, "folder", "tfds:<name>").
     ipc: images per class.
     preprocessing: the preprocessor's `to_dict()` (how to map pixels to model space and back).
     model: {"name": ..., plus builder kwargs} of the distillation architecture.
     config: the effective settings of the run that made it (flags), for provenance.
     holdout: the validation split held out of the train set ({"size", "seed"}, data/holdout.py), which
       evaluation measures on and keeps out of the random-subset baseline; {} = none.
+    class_names: the C class names (default: the dataset registry's, see class_names_for).
+    data_options: how the real data is read (sources.get_info options, e.g. {"image_size": 32}).
   """
   images: np.ndarray
   labels: np.ndarray
@@ -87,6 +89,8 @@ class DistilledSet:
   model: dict
   config: dict = dataclasses.field(default_factory=dict)
   holdout: dict = dataclasses.field(default_factory=dict)
+  class_names: list = dataclasses.field(default_factory=list)
+  data_options: dict = dataclasses.field(default_factory=dict)
 
   @property
   def hard_labels(self):
@@ -234,6 +238,7 @@ def _write(distilled_set, directory, prep, class_names, shard_size):
       "preprocessing": json_safe(distilled_set.preprocessing),
       "model": json_safe(distilled_set.model),
       "config": json_safe(distilled_set.config),
+      "data_options": json_safe(distilled_set.data_options),
       "holdout": json_safe(distilled_set.holdout),
       "shards": shards,
       "files": [_file_entry(directory, name) for name in extra_files],
@@ -252,7 +257,8 @@ def export(distilled_set, out_dir, *, preprocessor=None, preprocessing_dir=None,
     out_dir: the export directory, e.g. <run_dir>/distilled.
     preprocessor: the preprocessor the set lives in (needed for ZCA unless preprocessing_dir is given).
     preprocessing_dir: directory holding the preprocessing files (zca.npz) named by the set's dict.
-    class_names: C names; default from the dataset registry (or "0".."C-1" when it does not match C).
+    class_names: C names; default the set's own, else the dataset registry's (or "0".."C-1" when it
+      does not match C).
     shard_size: maximum examples per shard.
 
   Returns:
@@ -263,7 +269,8 @@ def export(distilled_set, out_dir, *, preprocessor=None, preprocessing_dir=None,
     raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
   prep = resolve_preprocessor(distilled_set, preprocessor, preprocessing_dir)
   num_classes = np.shape(distilled_set.labels)[1]
-  class_names = tuple(class_names) if class_names else class_names_for(distilled_set.dataset, num_classes)
+  class_names = tuple(class_names or distilled_set.class_names or
+                      class_names_for(distilled_set.dataset, num_classes))
   if len(class_names) != num_classes:
     raise ValueError(f"{len(class_names)} class names for {num_classes} label columns.")
 
@@ -395,7 +402,8 @@ def load_set(out_dir, *, check=True):
   return DistilledSet(images=images, labels=labels, lr=metadata["lr"], dataset=metadata["dataset"],
                       ipc=metadata["ipc"], preprocessing=metadata["preprocessing"],
                       model=metadata["model"], config=metadata["config"],
-                      holdout=metadata.get("holdout", {}))
+                      holdout=metadata.get("holdout", {}), class_names=metadata["class_names"],
+                      data_options=metadata.get("data_options", {}))
 
 
 def _export_dir(path):

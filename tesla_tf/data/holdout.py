@@ -75,7 +75,7 @@ def train_index(dataset, data_dir, cache_dir=None):
   a rewritten one gets its own index instead of reusing a wrong one.
 
   Args:
-    dataset: a key of sources.DATASETS.
+    dataset: a name or DatasetInfo (sources.get_info).
     data_dir: where the data is.
     cache_dir: a directory for the index (e.g. the trajectory store), or None to compute it every time.
   """

@@ -107,8 +107,8 @@ class Distiller:
 
     self.generator = tf.random.Generator.from_seed(c.seed)
     os.makedirs(c.run_dir, exist_ok=True)  # the class index of the data is cached in the run directory
-    initial = synthetic.initial_images(c.pix_init, c.dataset, c.data_dir, c.ipc, c.seed, self.holdout,
-                                       self.preprocessor, index_dir=c.run_dir)
+    initial = synthetic.initial_images(c.pix_init, self.store.dataset_info(c.data_dir), c.data_dir, c.ipc,
+                                       c.seed, self.holdout, self.preprocessor, index_dir=c.run_dir)
     self.synthetic = synthetic.SyntheticSet(initial, alpha0)
     self.initial_rms = float(self.synthetic.rms())
     self.hard = labels_lib.hard_labels(self.store.manifest.num_classes, c.ipc)
@@ -187,7 +187,8 @@ class Distiller:
         images=self.images.numpy(), labels=np.asarray(self.labels.delivered(self.images), np.float32),
         lr=float(self.synthetic.syn_lr.var.numpy()), dataset=self.config.dataset, ipc=self.config.ipc,
         preprocessing=self.preprocessor.to_dict(), model=self.store.manifest.model_spec,
-        config=dataclasses.asdict(self.config), holdout=self.holdout.to_dict())
+        config=dataclasses.asdict(self.config), holdout=self.holdout.to_dict(),
+        class_names=list(self.store.manifest.class_names), data_options=self.store.manifest.data_options)
 
   def baseline_labeler(self):
     """Labels for the random-subset baseline of the same kind as the set's (REFERENCE §10), or None."""

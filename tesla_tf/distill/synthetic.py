@@ -24,7 +24,8 @@ def sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
 
 def initial_images(pix_init, dataset, data_dir, ipc, seed, holdout, preprocessor, index_dir):
   """X̃ at iteration 0, class-sorted: IPC real training images per class in model space, never from the
-  validation split `holdout` (the class index cached in `index_dir`), or N(0, 1) noise."""
+  validation split `holdout` (the class index cached in `index_dir`), or N(0, 1) noise; dataset is a
+  name or sources.DatasetInfo."""
   info = sources.get_info(dataset)
   if pix_init == "noise":
     return tf.random.stateless_normal((info.num_classes * ipc,) + tuple(info.image_shape), seed=[seed, 7])

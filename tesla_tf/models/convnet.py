@@ -9,7 +9,8 @@ WIDTH = 128
 
 
 def default_depth(image_shape):
-  """Depth that brings the feature map to 4×4: 3 for 28/32 px, 4 for 64 px, 5 for 128 px."""
+  """Blocks that halve the map until it is at most 4×4 (log2(size) − 2 for powers of two): 3 for 28/32 px,
+  4 for 64 px, 5 for 96 and 128 px."""
   size = max(image_shape[0], 32)
   depth = 0
   while size > 4:

@@ -1,0 +1,1 @@
+"""Command-line tools (tools/*.py), installed as the subpackage tesla_tf.tools."""
