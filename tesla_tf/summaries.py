@@ -4,21 +4,29 @@ import numpy as np
 import tensorflow as tf
 
 
-def class_grid(pixels, ipc, max_classes=100, columns=10):
-  """One tile per class (its first synthetic image) laid out in a grid, for a fixed sample of classes.
+def tile_rows(num_rows, ipc, max_classes=100):
+  """The rows an image grid shows: the first synthetic image of each of at most `max_classes` classes,
+  evenly spaced (so ImageNet shows the same 100), of a class-sorted set of `num_rows` rows.
+
+  Only these rows are read and converted to pixels, never the whole set (bounded memory at any n).
+  Returns:
+    int64 numpy [k], k = min(num_rows // ipc, max_classes).
+  """
+  num_classes = num_rows // ipc
+  classes = np.linspace(0, num_classes - 1, min(num_classes, max_classes)).round().astype(np.int64)
+  return classes * ipc
+
+
+def class_grid(tiles, columns=10):
+  """Tiles laid out in a grid, row-major, the last grid row padded with black.
 
   Args:
-    pixels: [n, h, w, c] images in [0, 1] pixel space, class-sorted with `ipc` rows per class.
-    ipc: images per class.
-    max_classes: at most this many classes are shown (evenly spaced, so ImageNet shows the same 100).
+    tiles: [k, h, w, c] images in [0, 1] pixel space (`tile_rows` of the set); clipped to [0, 1].
     columns: tiles per grid row.
   Returns:
     float32 [1, H, W, c] for tf.summary.image.
   """
-  pixels = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)
-  num_classes = pixels.shape[0] // ipc
-  classes = np.linspace(0, num_classes - 1, min(num_classes, max_classes)).round().astype(int)
-  tiles = pixels[classes * ipc]
+  tiles = np.clip(np.asarray(tiles, np.float32), 0.0, 1.0)
   columns = min(columns, len(tiles))
   rows = -(-len(tiles) // columns)
   pad = rows * columns - len(tiles)

@@ -10,6 +10,7 @@ import tensorflow as tf
 from tesla_tf import models
 from tesla_tf.models.convnet import convnet
 from tesla_tf.models.flat import FlatModel
+from tesla_tf.models import layers
 from tesla_tf.models.layers import InstanceNorm, ReLU
 from tests.helpers import central_difference, float64, rel_error
 
@@ -161,12 +162,12 @@ def test_relu_values_and_first_derivative_are_tf_relu():
   np.testing.assert_array_equal(tape.gradient(ours, x, weights), tape.gradient(theirs, x, weights))
 
 
-def _activation_sized_constants(relu):
-  """Used constant-filled tensors of the activation's shape in the graph of a second derivative through
-  `relu`."""
-  x = tf.TensorSpec([2, 4, 4, 3], tf.float32)
+ACTIVATION = tf.TensorSpec([2, 4, 4, 3], tf.float32)
 
-  @tf.function(input_signature=[x, x])
+
+def _second_derivative_graph(relu):
+  """The graph of a second derivative through `relu` of an activation-shaped input."""
+  @tf.function(input_signature=[ACTIVATION, ACTIVATION])
   def second(x, v):
     with tf.GradientTape() as outer:
       outer.watch(x)
@@ -175,11 +176,51 @@ def _activation_sized_constants(relu):
         y = tf.reduce_sum(tf.square(relu(x)))
       s = tf.reduce_sum(inner.gradient(y, x) * v)
     return outer.gradient(s, x)
+  return second.get_concrete_function().graph
 
-  graph = second.get_concrete_function().graph
-  return [op.name for op in graph.get_operations()
-          if op.type in ("ZerosLike", "Fill", "Const") and op.outputs[0].shape == x.shape
+
+def _activation_sized_constants(relu):
+  """Used constant-filled tensors of the activation's shape in the graph of a second derivative through
+  `relu`."""
+  return [op.name for op in _second_derivative_graph(relu).get_operations()
+          if op.type in ("ZerosLike", "Fill", "Const") and op.outputs[0].shape == ACTIVATION.shape
           and op.outputs[0].consumers()]  # unused ones are pruned before running
+
+
+def _activation_sized_float_masks(relu):
+  """Casts to float of the activation's shape in the graph of a second derivative through `relu`: a
+  float mask that the derivative keeps (4 bytes per element instead of a boolean's 1)."""
+  return [op.name for op in _second_derivative_graph(relu).get_operations()
+          if op.type == "Cast" and op.outputs[0].shape == ACTIVATION.shape]
+
+
+def test_relu_gradient_keeps_a_boolean_mask_not_a_float_one():
+  # Unrolled MTT keeps every step's inner backward for the outer one: a float mask per layer per step was
+  # 16 % of its memory per step at ConvNet-128 (docs/benchmarks.md).
+  assert not _activation_sized_float_masks(ReLU())
+
+
+def test_spatial_mean_square_is_the_plain_formula_to_second_order():
+  """The instance norm's variance with its lean gradient against mean(x²) written plainly: values, the
+  gradient and a Hessian-vector product agree in float64."""
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.normal(size=(2, 5, 4, 3)))
+  dv = tf.constant(rng.normal(size=(2, 1, 1, 3)))
+  v = tf.constant(rng.normal(size=x.shape))
+  plain = lambda t: tf.reduce_mean(tf.square(t), axis=[1, 2], keepdims=True)  # noqa: E731
+
+  def derivatives(fn):
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        value = fn(tf.sin(x) * x)  # not quadratic, so the second derivative depends on x
+      grad = inner.gradient(value, x, output_gradients=dv)
+      s = tf.reduce_sum(grad * v)
+    return value, grad, outer.gradient(s, x)
+
+  for ours, theirs in zip(derivatives(layers._spatial_mean_square), derivatives(plain)):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
 def test_relu_second_derivative_builds_no_activation_sized_zeros():

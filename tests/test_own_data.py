@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tesla_tf import experts
+from tesla_tf import errors, experts
 from tesla_tf.data import distilled, sources
 from tesla_tf.distill import loop
 
@@ -162,18 +162,32 @@ def _bad_no_train(root):
   return os.path.join(root, "train"), "not found"
 
 
-@pytest.mark.parametrize("break_it", [_bad_truncated, _bad_not_an_image, _bad_empty_class, _bad_test_only_class,
-                                      _bad_mixed_sizes, _bad_not_square, _bad_no_train],
-                         ids=lambda f: f.__name__[5:])
-def test_bad_folder_is_one_line_naming_the_path(tmp_path, break_it):
+BREAKAGES = [_bad_truncated, _bad_not_an_image, _bad_empty_class, _bad_test_only_class, _bad_mixed_sizes,
+             _bad_not_square, _bad_no_train]
+
+
+@pytest.mark.parametrize("break_it", BREAKAGES, ids=lambda f: f.__name__[5:])
+def test_bad_folder_is_refused_naming_the_path(tmp_path, break_it):
+  """What the experts' store creation reads first: the folder's layout, then every image of both splits
+  (sources.statistics). A project error (one FATAL line from a tool), never TF's own."""
   data = str(tmp_path / "data")
   make_folder(data, per_class=(("train", 4), ("test", 1)))
   named, expected = break_it(data)
+  with pytest.raises(errors.TeslaError) as caught:
+    sources.statistics(sources.get_info("folder", data), data)
+  message = str(caught.value)
+  assert named in message and expected in message and "\n" not in message, message
+
+
+def test_bad_folder_through_the_tool_is_one_fatal_line(tmp_path):
+  data = str(tmp_path / "data")
+  make_folder(data, per_class=(("train", 4), ("test", 1)))
+  named, expected = _bad_truncated(data)
   code, _, err = run_tool("train_experts", "--dataset=folder", f"--data_dir={data}",
                           f"--store_dir={tmp_path / 'store'}", "--num_experts=1", "--train_epochs=1",
                           "--batch_train=4", "--width=8", "--verbose=0")
   fatal = [line for line in err.splitlines() if line.startswith("FATAL")]
-  assert code != 0 and len(fatal) == 1 and "Traceback" not in err, err
+  assert code == 1 and len(fatal) == 1 and "Traceback" not in err, err
   assert named in fatal[0] and expected in fatal[0], fatal[0]
   assert not os.path.exists(tmp_path / "store" / "manifest.json")  # refused before the store is made
 

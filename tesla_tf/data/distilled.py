@@ -49,6 +49,7 @@ SPLIT = "train"
 FILE_SUFFIX = "tfrecord"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 SHARD_SIZE = 1000
+PNG_ROWS = 1024  # images converted to pixels at a time by an export
 _TFDS_FILES = ("dataset_info.json", "features.json")
 # metadata.json: key -> (type(s), required); `read_metadata` refuses anything else.
 _NUMBER = (int, float)
@@ -176,11 +177,15 @@ def resolve_preprocessor(distilled_set, preprocessor=None, preprocessing_dir=Non
                      "directory holding its files as preprocessing_dir.") from e
 
 
-def _pixel_png(images, preprocessor):
-  """PNG bytes of every image in pixel space (invert, clip to [0, 1], round to uint8)."""
-  pixels = tf.clip_by_value(preprocessor.invert(tf.constant(images)), 0.0, 1.0)
-  pixels = tf.cast(tf.round(pixels * 255.0), tf.uint8)
-  return [tf.io.encode_png(p).numpy() for p in pixels]
+def _pixel_png(images, preprocessor, rows=PNG_ROWS):
+  """PNG bytes of every image in pixel space (invert, clip to [0, 1], round to uint8), `rows` images at
+  a time: converting the whole set at once held three more full-size copies of it (docs/scaling.md §1)."""
+  pngs = []
+  for i in range(0, len(images), rows):
+    pixels = tf.clip_by_value(preprocessor.invert(tf.constant(images[i:i + rows])), 0.0, 1.0)
+    pixels = tf.cast(tf.round(pixels * 255.0), tf.uint8)
+    pngs += [tf.io.encode_png(p).numpy() for p in pixels]
+  return pngs
 
 
 def _check_set(distilled_set):

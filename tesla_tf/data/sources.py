@@ -158,8 +158,8 @@ TFDS_PREFIX = "tfds:"
 
 
 NAMES_HELP = (f"{', '.join(sorted(DATASETS))}; {FOLDER} (your images: --data_dir=<root> with "
-              f"train/<class>/*.png|jpg and test/<class>/ or val/); {TFDS_PREFIX}<name>[:<version>] (any prepared TFDS "
-              "image-classification dataset)")
+              f"train/<class>/*.png|jpg and test/<class>/ or val/); {TFDS_PREFIX}<name>[:<version>] (any "
+              "prepared TFDS image-classification dataset)")
 
 
 def is_name(name):

@@ -91,7 +91,9 @@ def teacher_labels_for_schedule(fmodel, theta, images, schedule, hard, how=Teach
   """
   rows, _ = tf.unique(tf.reshape(schedule, [-1]))
   probs = teacher_labels(fmodel, theta, tf.gather(images, rows), tf.gather(hard, rows), how)
-  return tf.scatter_nd(rows[:, None], probs, tf.shape(hard))
+  # A segment sum of unique rows, not tf.scatter_nd: the same values, and deterministic on a GPU without
+  # the host round trip ScatterNd takes under op determinism (docs/scaling.md §5).
+  return tf.math.unsorted_segment_sum(probs, rows, tf.shape(hard)[0])
 
 
 def statistics(labels, hard, rows):

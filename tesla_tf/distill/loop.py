@@ -129,15 +129,28 @@ class Distiller:
     epoch = self.config.max_start_epoch - 1 + self.config.expert_epochs
     return tf.constant(self.store.read(self.experts[0], epochs=[epoch])[0])
 
+  def _checkpoint_dict(self):
+    return dict(**self.synthetic.checkpoint_dict(), **self.labels.checkpoint_dict(), generator=self.generator,
+                iteration=self.iteration, cycle=self.cycle, position=self.position)
+
   def checkpoint(self):
     """Everything a resumed run needs to continue exactly."""
-    return tf.train.Checkpoint(**self.synthetic.checkpoint_dict(), **self.labels.checkpoint_dict(),
-                               generator=self.generator, iteration=self.iteration, cycle=self.cycle,
-                               position=self.position)
+    return tf.train.Checkpoint(**self._checkpoint_dict())
+
+  def restorable(self):
+    """What `run_dir.restore_newest` restores a checkpoint of `checkpoint()` into, one variable at a time.
+
+    A whole-checkpoint restore reads every tensor before assigning any: the images and their momentum
+    twice over at once (4 copies of the set at the peak); one variable at a time, each read replaces its
+    own buffer (3).
+    """
+    return _OneByOne(self._checkpoint_dict())
 
   def _step(self, start, target, seeds):
     """One outer iteration: matching gradients, then SGD(momentum 0.5) on images, α (and labels)."""
-    c, images = self.config, self.synthetic.images.var
+    # The images are read once, as a tensor: a gather from the variable itself (the teacher labels of the
+    # scheduled rows) would put it in copy-on-read mode, where every read copies the whole set.
+    c, images = self.config, self.synthetic.images.var.value()
     schedule = matching.make_schedule(images.shape[0], c.syn_steps, self.batch_syn, seeds[0])
     aug = None
     if c.dsa_strategy != "none":
@@ -145,15 +158,16 @@ class Distiller:
                                  seeds[1])
     labels = self.labels.for_step(images, target, schedule)
     result = matching.matching_gradients(
-        self.fmodel, start, target, images.value(), labels, self.synthetic.syn_lr.var.value(), schedule,
+        self.fmodel, start, target, images, labels, self.synthetic.syn_lr.var.value(), schedule,
         mode=c.mode, augment_params=aug, learn_labels=c.labels == "learned", replicas=self.replicas,
         row_chunks=c.row_chunks)
     if c.halve_tesla_image_grad:
       result = matching.as_public_tesla(result)
     self.synthetic.step(result.images_grad, c.lr_img, result.lr_grad, c.lr_lr)
+    # The norm and the RMS in bounded chunks of rows: tf.norm would square the whole gradient at once.
     metrics = {"loss/matching": result.loss, "syn_lr": self.synthetic.syn_lr.var.value(),
-               "grad_norm/images": tf.norm(result.images_grad), "grad/syn_lr": result.lr_grad,
-               "images/rms": self.synthetic.rms()}
+               "grad_norm/images": tf.sqrt(synthetic.sum_of_squares(result.images_grad)),
+               "grad/syn_lr": result.lr_grad, "images/rms": self.synthetic.rms()}
     if c.labels == "learned":
       metrics["grad_norm/labels"] = self.labels.step(result.labels_grad, c.lr_labels)
     if c.labels != "hard":
@@ -199,6 +213,27 @@ class Distiller:
                                                     self.teacher_how)
 
 
+class _OneByOne:
+  """A checkpoint restored as one single-entry tf.train.Checkpoint per entry (`.restore(path)` as
+  tf.train.Checkpoint's, the status checks every entry)."""
+
+  def __init__(self, entries):
+    self.parts = [tf.train.Checkpoint(**{key: value}) for key, value in entries.items()]
+
+  def restore(self, path):
+    return _Statuses([part.restore(path) for part in self.parts])
+
+
+class _Statuses:
+  def __init__(self, statuses):
+    self.statuses = statuses
+
+  def assert_existing_objects_matched(self):
+    for status in self.statuses:
+      status.assert_existing_objects_matched()
+    return self
+
+
 def _divergence(metrics, config, initial_rms):
   """What left finite, sane values (the loss, α or the images' RMS) and the flag to lower; None if all
   is well."""
@@ -214,10 +249,14 @@ def _divergence(metrics, config, initial_rms):
 
 
 def _log_grid(distiller, step):
-  """TensorBoard's image grid of the synthetic set after `step` iterations (in pixel space)."""
-  pixels = distiller.preprocessor.invert(distiller.images)
-  tf.summary.image("synthetic", summaries.class_grid(pixels, distiller.config.ipc,
-                                                     distiller.config.max_image_classes), step=step)
+  """TensorBoard's image grid of the synthetic set after `step` iterations (in pixel space); only the
+  shown rows are converted."""
+  c = distiller.config
+  rows = summaries.tile_rows(distiller.images.shape[0], c.ipc, c.max_image_classes)
+  # A gather from the tensor, not the variable: a gather from a variable puts it in copy-on-read mode,
+  # where every later read of the whole variable copies it.
+  tiles = tf.gather(tf.convert_to_tensor(distiller.images), rows)
+  tf.summary.image("synthetic", summaries.class_grid(distiller.preprocessor.invert(tiles)), step=step)
 
 
 def distill(config):
@@ -252,7 +291,7 @@ def _run(config, distiller):
   evaluate = history.evaluator(config, distiller.preprocessor, distiller.baseline_labeler())
   ckpt_dir = os.path.join(run_dir, run_dir_lib.CHECKPOINT_DIR)
   manager = tf.train.CheckpointManager(distiller.checkpoint(), ckpt_dir, max_to_keep=3)
-  saved = run_dir_lib.restore_newest(distiller.checkpoint(), ckpt_dir)
+  saved = run_dir_lib.restore_newest(distiller.restorable(), ckpt_dir)
   first = int(distiller.iteration.numpy())
   if saved:
     logging.info("Resumed from %s at iteration %d.", saved, first)

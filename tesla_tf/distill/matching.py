@@ -218,36 +218,49 @@ def _two_passes(m, carry_adjoint, jit_compile=False):
   _, theta, cache = tf.while_loop(lambda i, *_: i < pass1_steps, forward,
                                   (tf.constant(0), m.start, cache), parallel_iterations=1)
 
-  # Pass 2: each step's double-backward, in reverse order.
-  def accumulate(i, s, grads, adj, images_grad, lr_grad, labels_grad):
-    idx = m.schedule[i]
-    images_grad = tf.tensor_scatter_nd_add(images_grad, idx[:, None], -m.syn_lr * grads[0])
+  # Pass 2: each step's double-backward, in reverse order. The image (and label) gradient rows of every
+  # step are kept, N·batch_syn rows whatever the set's size, and summed into the set's shape once at the
+  # end: accumulating a dense [n, ...] gradient step by step held two of them at a time (each
+  # `tensor_scatter_nd_add` writes a new buffer) plus a zeros constant, and the segment sum is
+  # deterministic on a GPU where the scatter runs through the host under op determinism (docs/scaling.md).
+  def rows_array(like):
+    return tf.TensorArray(like.dtype, size=num_steps,
+                          element_shape=[m.schedule.shape[1]] + like.shape[1:].as_list())
+
+  def accumulate(i, s, grads, adj, image_rows, lr_grad, label_rows):
+    image_rows = image_rows.write(i, -m.syn_lr * grads[0])
     if m.learn_labels:
-      labels_grad = tf.tensor_scatter_nd_add(labels_grad, idx[:, None], -m.syn_lr * grads[-1])
+      label_rows = label_rows.write(i, -m.syn_lr * grads[-1])
     if carry_adjoint:
       adj = adj - m.syn_lr * grads[1]
-    return adj, images_grad, lr_grad - s, labels_grad
+    return adj, image_rows, lr_grad - s, label_rows
 
-  def backward(i, adj, images_grad, lr_grad, labels_grad):
+  def backward(i, adj, image_rows, lr_grad, label_rows):
     s, grads = double_backward(cache.read(i), *m.batch(i), adj)
-    return (i - 1,) + accumulate(i, s, grads, adj, images_grad, lr_grad, labels_grad)
+    return (i - 1,) + accumulate(i, s, grads, adj, image_rows, lr_grad, label_rows)
 
-  state = (tf.zeros_like(m.images), tf.zeros([], m.images.dtype), tf.zeros_like(m.labels))
+  rows = (rows_array(m.images), tf.zeros([], m.images.dtype), rows_array(m.labels))
   last = num_steps - 1
   if fuse_last:
     s, grads, loss, adjoint = double_backward(theta, *m.batch(last), None)
-    state = (last - 1,) + accumulate(last, s, grads, adjoint, *state)
-    # Gate every loop variable on the whole fused step: TF lowers the while loop so that each variable
+    adjoint, *rows = accumulate(last, s, grads, adjoint, *rows)
+    # Gate the loop's tensors on the whole fused step: TF lowers the while loop so that each variable
     # enters on its own, and the next step's recomputation (it needs only i until it reaches λ) would
     # otherwise run beside this double-backward — two steps' activations at once (+0.6 GB at N = 2).
     with tf.control_dependencies(grads):
-      state = tuple(tf.identity(t) for t in state)
+      state = (tf.identity(last - 1), tf.identity(adjoint), rows[0], tf.identity(rows[1]), rows[2])
   else:
     loss, adjoint = m.loss_and_adjoint(theta)
-    state = (last, adjoint) + state
-  _, _, images_grad, lr_grad, labels_grad = tf.while_loop(
+    state = (last, adjoint) + rows
+  _, _, image_rows, lr_grad, label_rows = tf.while_loop(
       lambda i, *_: i >= 0, backward, state, parallel_iterations=1)
-  return MatchResult(loss, images_grad, lr_grad, labels_grad if m.learn_labels else None)
+  positions = tf.reshape(m.schedule, [-1])
+
+  def summed(rows_, like):
+    flat = tf.reshape(rows_.stack(), [-1] + like.shape[1:].as_list())
+    return tf.math.unsorted_segment_sum(flat, positions, tf.shape(like)[0])
+  return MatchResult(loss, summed(image_rows, m.images), lr_grad,
+                     summed(label_rows, m.labels) if m.learn_labels else None)
 
 
 MODES = {

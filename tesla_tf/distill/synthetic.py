@@ -7,6 +7,7 @@ import tensorflow as tf
 from tesla_tf.data import class_index, holdout as holdout_lib, sources
 
 PIX_INITS = ("real", "noise")
+ROWS = 1024  # rows per chunk of a pass over the whole set (its temporaries stay this size, whatever n)
 
 
 def sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
@@ -20,6 +21,25 @@ def sgd_momentum(variable, buffer, grad, lr, momentum=0.5):
     return tf.cast(tf.convert_to_tensor(value, dtype_hint=variable.dtype), variable.dtype)
   tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=buffer.handle, lr=as_dtype(lr),
                                    grad=as_dtype(grad), momentum=as_dtype(momentum))
+
+
+def sum_of_squares(x, rows=ROWS):
+  """Σ x² of a [n, ...] tensor, `rows` rows at a time, one chunk after another.
+
+  `tf.reduce_sum(tf.square(x))` materialises x² at full size: one more copy of the synthetic set
+  whenever it runs beside the others (the images' RMS, the gradient norm while the gradient is alive;
+  docs/scaling.md §1). Equal to it within float32 round-off.
+  """
+  x = tf.convert_to_tensor(x)  # a variable is read once, not once per chunk
+  n = x.shape[0]
+  if n is None or n <= rows:
+    return tf.reduce_sum(tf.square(x))
+
+  def add_chunk(i, total):
+    return i + rows, total + tf.reduce_sum(tf.square(x[i:i + rows]))
+  _, total = tf.while_loop(lambda i, _: i < n, add_chunk, (tf.constant(0), tf.zeros([], x.dtype)),
+                           parallel_iterations=1)
+  return total
 
 
 def initial_images(pix_init, dataset, data_dir, ipc, seed, holdout, preprocessor, index_dir):
@@ -63,8 +83,9 @@ class SyntheticSet:
     self.syn_lr.step(syn_lr_grad, lr_lr)
 
   def rms(self):
-    """The images' root mean square (model space)."""
-    return tf.sqrt(tf.reduce_mean(tf.square(self.images.var)))
+    """The images' root mean square (model space), in bounded chunks of rows."""
+    images = self.images.var
+    return tf.sqrt(sum_of_squares(images) / tf.cast(tf.size(images), images.dtype))
 
   def checkpoint_dict(self):
     """The variables under the checkpoint keys every run since the first release has used."""

@@ -32,7 +32,7 @@ class InstanceNorm(keras.layers.Layer):
   def call(self, x):
     mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
     centred = x - mean
-    var = tf.reduce_mean(tf.square(centred), axis=[1, 2], keepdims=True)
+    var = _spatial_mean_square(centred)
     # γ folded into the per-(sample, channel) scale first: one full-size product instead of two, and
     # its derivatives are one full-size product and reduction fewer (~12 % of a ConvNet-3 SGD step).
     return centred * (tf.math.rsqrt(var + self.epsilon) * self.gamma) + self.beta
@@ -48,7 +48,10 @@ class ReLU(keras.layers.Layer):
   activation, which grappler folds into a constant held for the life of the function: 69 MB for ConvNet-3
   at batch 100 and 32×32 in every trajectory-matching double-backward (with the rest of the graph
   scheduled around it, the tesla/exact peak drops by ~0.1 GB without it, docs/benchmarks.md). Here the
-  gradient is dy · [y > 0], whose own derivative is a product: the same values, no constant, same speed.
+  gradient is where(y > 0, dy, 0): the same values, no constant, and what a second derivative keeps of it
+  is the boolean mask (1 byte per element) — written dy · float(y > 0), it kept a float32 mask, and every
+  unrolled MTT step one activation-sized float tensor more per layer (−16 % memory per step at
+  ConvNet-128, docs/benchmarks.md).
   """
 
   def call(self, x):
@@ -56,11 +59,24 @@ class ReLU(keras.layers.Layer):
 
 
 @tf.custom_gradient
+def _spatial_mean_square(x):
+  """mean(x²) over H and W of [b, h, w, c], keepdims; its gradient (2 / hw) · x · dv broadcasts the small
+  dv in one product instead of materialising it at full size and a 2x beside it (TF's Mean and Square
+  gradients), which a second derivative would keep."""
+  hw = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
+  v = tf.reduce_mean(tf.square(x), axis=[1, 2], keepdims=True)
+
+  def grad(dv):
+    return x * (dv * (2.0 / hw))
+  return v, grad
+
+
+@tf.custom_gradient
 def _relu(x):
   y = tf.nn.relu(x)
 
   def grad(dy):
-    return dy * tf.cast(y > 0, dy.dtype)
+    return tf.where(y > 0, dy, tf.zeros([], dy.dtype))
   return y, grad
 
 
