@@ -93,7 +93,7 @@ for name, kw in {"tesla": dict(mode="tesla", labels="teacher"), "exact": dict(mo
     del result
     manager = tf.train.CheckpointManager(d.checkpoint(), os.path.join(root, "checkpoints"), max_to_keep=1)
     out["save"] = peak_of(lambda: manager.save(checkpoint_number=1))
-    out["restore"] = peak_of(lambda: run_dir_lib.restore_newest(d.restorable(),
+    out["restore"] = peak_of(lambda: run_dir_lib.restore_newest(d.checkpoint_entries(),
                                                                 os.path.join(root, "checkpoints")))
   del d
 print(json.dumps(out))

@@ -129,22 +129,15 @@ class Distiller:
     epoch = self.config.max_start_epoch - 1 + self.config.expert_epochs
     return tf.constant(self.store.read(self.experts[0], epochs=[epoch])[0])
 
-  def _checkpoint_dict(self):
+  def checkpoint_entries(self):
+    """{name: trackable}: everything a resumed run needs to continue exactly."""
     return dict(**self.synthetic.checkpoint_dict(), **self.labels.checkpoint_dict(), generator=self.generator,
                 iteration=self.iteration, cycle=self.cycle, position=self.position)
 
   def checkpoint(self):
-    """Everything a resumed run needs to continue exactly."""
-    return tf.train.Checkpoint(**self._checkpoint_dict())
+    """checkpoint_entries as one tf.train.Checkpoint: what a save writes."""
+    return tf.train.Checkpoint(**self.checkpoint_entries())
 
-  def restorable(self):
-    """What `run_dir.restore_newest` restores a checkpoint of `checkpoint()` into, one variable at a time.
-
-    A whole-checkpoint restore reads every tensor before assigning any: the images and their momentum
-    twice over at once (4 copies of the set at the peak); one variable at a time, each read replaces its
-    own buffer (3).
-    """
-    return _OneByOne(self._checkpoint_dict())
 
   def _step(self, start, target, seeds):
     """One outer iteration: matching gradients, then SGD(momentum 0.5) on images, α (and labels)."""
@@ -213,25 +206,6 @@ class Distiller:
                                                     self.teacher_how)
 
 
-class _OneByOne:
-  """A checkpoint restored as one single-entry tf.train.Checkpoint per entry (`.restore(path)` as
-  tf.train.Checkpoint's, the status checks every entry)."""
-
-  def __init__(self, entries):
-    self.parts = [tf.train.Checkpoint(**{key: value}) for key, value in entries.items()]
-
-  def restore(self, path):
-    return _Statuses([part.restore(path) for part in self.parts])
-
-
-class _Statuses:
-  def __init__(self, statuses):
-    self.statuses = statuses
-
-  def assert_existing_objects_matched(self):
-    for status in self.statuses:
-      status.assert_existing_objects_matched()
-    return self
 
 
 def _divergence(metrics, config, initial_rms):
@@ -291,7 +265,7 @@ def _run(config, distiller):
   evaluate = history.evaluator(config, distiller.preprocessor, distiller.baseline_labeler())
   ckpt_dir = os.path.join(run_dir, run_dir_lib.CHECKPOINT_DIR)
   manager = tf.train.CheckpointManager(distiller.checkpoint(), ckpt_dir, max_to_keep=3)
-  saved = run_dir_lib.restore_newest(distiller.restorable(), ckpt_dir)
+  saved = run_dir_lib.restore_newest(distiller.checkpoint_entries(), ckpt_dir)
   first = int(distiller.iteration.numpy())
   if saved:
     logging.info("Resumed from %s at iteration %d.", saved, first)

@@ -130,9 +130,13 @@ def write_record(run_dir, record, flags_text):
   files.write_text(os.path.join(run_dir, FLAGS_FILE), flags_text)
 
 
-def restore_newest(checkpoint, directory):
+def restore_newest(entries, directory):
   """Restores the newest checkpoint in `directory` that reads, falling back to older ones; removes the
   staging directories of saves that were killed or ran out of disk.
+
+  `entries` ({name: trackable}, what the checkpoint was saved from) are restored one at a time: a
+  whole-checkpoint restore reads every tensor before assigning any, so a variable and its momentum were
+  held twice over at once (4 copies of the synthetic set at the peak, 3 this way).
 
   Returns:
     The path restored, or None when the directory holds no checkpoint.
@@ -148,7 +152,8 @@ def restore_newest(checkpoint, directory):
   for index_path in paths:
     path = index_path[:-len(".index")]
     try:
-      checkpoint.restore(path).assert_existing_objects_matched()
+      for name, value in entries.items():
+        tf.train.Checkpoint(**{name: value}).restore(path).assert_existing_objects_matched()
       return path
     except (tf.errors.OpError, ValueError, AssertionError) as e:
       problems.append(f"{path}: {str(getattr(e, 'message', e)).splitlines()[0]}")
