@@ -193,10 +193,12 @@ class TrajectoryStore:
     self.verify(finished)
     return finished
 
-  def build_model(self):
-    """The store's architecture as a FlatModel, checked against the store's parameter layout."""
+  def build_model(self, precision="float32"):
+    """The store's architecture as a FlatModel computing in `precision` (models.PRECISIONS), checked
+    against the store's parameter layout."""
     m = self.manifest
-    fmodel = FlatModel(models.build(m.model, m.num_classes, m.image_shape, **m.model_kwargs))
+    fmodel = FlatModel(models.build(m.model, m.num_classes, m.image_shape, precision=precision,
+                                    **m.model_kwargs))
     self.check_compatible({"layout": fmodel.layout()})
     return fmodel
 

@@ -1,5 +1,6 @@
 """Smoke tests of the benchmarks (tesla_tf/bench, tools/benchmark*.py) at tiny sizes: each runs, and what it
-writes has the expected structure and finite positive numbers. Nothing here checks a timing.
+writes has the expected structure and finite positive numbers. Nothing here checks a timing. The analytic
+FLOP count (bench/flops.py) is checked against the convolutions and matmuls TensorFlow executes.
 
 The quality benchmark has its own tests (test_quality.py).
 """
@@ -13,12 +14,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
+from tesla_tf import augment, models
 from tesla_tf.bench import experts as bench_experts
-from tesla_tf.bench import jit, process, scaling, speed
+from tesla_tf.bench import flops, jit, process, scaling, speed
 from tesla_tf.data import service
 from tesla_tf.distill import matching
+from tesla_tf.models.flat import FlatModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,21 +49,29 @@ def _refused_in_one_line(done, words):
 
 def test_speed_benchmark_measures_in_a_child_and_writes_the_report(tmp_path):
   config = speed.SpeedConfig(parts=("speed", "report"), modes=("tesla",), syn_steps=(2,), iters=1,
-                             batch_syn=10, width=8, out_dir=str(tmp_path))
+                             batch_syn=10, width=8, yardstick_runs=1, yardstick_batch=2, yardstick_gemm=64,
+                             out_dir=str(tmp_path))
   results = speed.run(config)
   saved = json.loads((tmp_path / "benchmark_results.json").read_text())
   assert saved == json.loads(json.dumps(results)) and saved["machine"]["cpus"] >= 1
   [record] = saved["records"]
   assert "error" not in record and "stopped" not in record, record
-  assert (record["part"], record["mode"], record["steps"], record["tag"], record["iters"]) == (
-      "speed", "tesla", 2, "", 1)
+  assert (record["part"], record["mode"], record["steps"], record["tag"], record["precision"],
+          record["iters"]) == ("speed", "tesla", 2, "", "float32", 1)
   _positive(record, "s_per_iter", "cpu_s_per_iter", "warmup_s", "baseline_rss_gb", "peak_rss_gb",
-            "timed_peak_rss_gb", "tf_peak_gb", "loss", "num_params", "wall_s", "watched_max_rss_gb")
+            "timed_peak_rss_gb", "tf_peak_gb", "loss", "num_params", "wall_s", "watched_max_rss_gb",
+            "flops_per_iter", "gflops", "conv_gflops", "gemm_gflops", "conv_gflops_bf16", "gemm_gflops_bf16",
+            "conv_fraction")
   assert record["peak_rss_gb"] >= record["baseline_rss_gb"] and len(record["s_per_iter_all"]) == 1
+  assert record["flops_per_iter"] == flops.iteration_flops((32, 32, 3), 8, 3, 10, 10, 2, "tesla")
+  assert record["gflops"] == pytest.approx(record["flops_per_iter"] / record["s_per_iter"] / 1e9, rel=1e-12)
+  assert record["conv_fraction"] == pytest.approx(record["gflops"] / record["conv_gflops"], rel=1e-12)
+  assert record["yardsticks"]["gemm_n"] == 64 and record["yardsticks"]["seconds"] > 0
   page = (tmp_path / "benchmarks.md").read_text()
   assert page.startswith("# Benchmarks\n") and speed.BEGIN in page and speed.END in page
   [row] = [line for line in page.splitlines() if line.startswith("| tesla | 2 |")]
-  assert row.count("|") == 10 and "(k=1)" in row
+  assert row.count("|") == 12 and "(k=1)" in row
+  assert f"| {record['gflops']:.1f} | {100 * record['conv_fraction']:.0f} |" in row
   assert (tmp_path / "benchmark_memory.png").stat().st_size > 1000
 
 
@@ -74,15 +87,17 @@ def test_speed_resumes_and_skips_unrolled_runs_projected_above_the_cap(tmp_path)
   (tmp_path / "benchmark_results.json").write_text(json.dumps({"records": measured}))
   config = speed.SpeedConfig(parts=("speed",), modes=("unrolled",), syn_steps=(2, 3, 4), resume=True,
                              memory_cap_gb=5.0, out_dir=str(tmp_path))
-  records = speed.run(config)["records"]  # no child: N = 2, 3 are kept, N = 4 is skipped
+  records = speed.run(config)["records"]  # no child: N = 2, 3 (float32, before --precision) are kept
   assert records[:2] == measured
-  assert records[2] == {"part": "speed", "mode": "unrolled", "steps": 4, "tag": "",
+  assert records[2] == {"part": "speed", "mode": "unrolled", "steps": 4, "tag": "", "precision": "float32",
                         "skipped": "projected 19.0 GB > cap 5 GB"}
 
 
 def test_speed_tool_rebuilds_the_report_and_keeps_the_prose(tmp_path):
   records = [_speed_record(m, n, 1.0 + n / 10) for m in speed.MODES for n in (5, 10, 20, 80)]
-  records += [_speed_record("tesla", 10, 0.8, tag="row_chunks=2")]
+  records[0].update(gflops=12.34, conv_fraction=0.256)  # unrolled N = 5; the others predate the FLOPs
+  records += [_speed_record("tesla", 10, 0.8, tag="row_chunks=2"),
+              {**_speed_record("exact", 5, 0.9), "precision": "bfloat16", "cpu_s_per_iter": 1.25}]
   (tmp_path / "benchmark_results.json").write_text(json.dumps({"records": records}))
   (tmp_path / "benchmarks.md").write_text(f"# Title\n\nprose\n\n{speed.BEGIN}\nold\n{speed.END}\n\nafter\n")
   done = _tool("benchmark.py", "--parts=report", f"--out_dir={tmp_path}")
@@ -90,15 +105,97 @@ def test_speed_tool_rebuilds_the_report_and_keeps_the_prose(tmp_path):
   page = (tmp_path / "benchmarks.md").read_text()
   assert page.startswith("# Title\n\nprose\n\n") and page.endswith("\n\nafter\n") and "\nold\n" not in page
   rows = [line for line in page.splitlines() if line.startswith(("| unrolled |", "| tesla |", "| exact |"))]
-  assert len(rows) == 12 and all(r.count("|") == 10 for r in rows)
+  assert len(rows) == 12 and all(r.count("|") == 12 for r in rows)
+  assert rows[0].startswith("| unrolled | 5 | 1.5 | 2.5 | 12.3 | 26 | 1.50 |")
+  assert rows[1].startswith("| unrolled | 10 | 1.5 | 2.5 |  |  | 2.00 |")
   assert page.count("**PASS**") + page.count("**FAIL**") == 6 and "NOT MEASURED" not in page
-  assert "| row_chunks=2 | tesla | 10 | 2.5 (2.5) |" in page
+  assert "| row_chunks=2 | tesla | 10 | 2.5 (2.5) |" in page and "| bfloat16 | exact | 5 | 1.2 (2.5) |" in page
   assert "Fidelity part not available: not run" in page
   assert (tmp_path / "benchmark_memory.png").stat().st_size > 1000
   _refused_in_one_line(_tool("benchmark.py", "--parts=speed,bogus", f"--out_dir={tmp_path}"),
                        "Unknown --parts/--modes value(s) ['bogus'].")
   _refused_in_one_line(_tool("benchmark.py", "--syn_steps=5,x", f"--out_dir={tmp_path}"),
                        "--syn_steps: expected integers")
+  _refused_in_one_line(_tool("benchmark.py", "--precision=float16", f"--out_dir={tmp_path}"),
+                       "--precision must be one of float32, bfloat16, got 'float16'.")
+
+
+# --------------------------------------------------------------------------- FLOPs (bench/flops.py)
+
+
+def _size(shape):
+  return math.prod(shape)
+
+
+def _executed_flops(session, fetches, feed):
+  """2 × multiply-adds of every conv and matmul op TensorFlow executes for `fetches` (after grappler and
+  oneDNN's rewrites), from the op's input and output shapes in the run's step stats."""
+  meta = tf.compat.v1.RunMetadata()
+  session.run(fetches, feed, options=tf.compat.v1.RunOptions(
+      trace_level=tf.compat.v1.RunOptions.FULL_TRACE, output_partition_graphs=True), run_metadata=meta)
+  nodes = {n.name: n for graph in meta.partition_graphs for n in graph.node}
+  executed = [s for dev in meta.step_stats.dev_stats for s in dev.node_stats if s.node_name in nodes]
+  shapes = {(s.node_name, out.slot): [d.size for d in out.tensor_description.shape.dim]
+            for s in executed for out in s.output}
+
+  def input_shape(node, index):
+    name, _, slot = node.input[index].partition(":")
+    return shapes[name, int(slot or 0)]
+
+  total = 0
+  for stats in executed:  # one entry per execution: a while loop's body counts every iteration
+    node = nodes[stats.node_name]
+    op = node.op.removeprefix("_MklNative").removeprefix("_Mkl").removeprefix("_")
+    out = shapes.get((stats.node_name, 0))
+    if op.startswith("Conv2DBackpropInput"):  # (input sizes, filter, dy) -> dx
+      kernel, dy = input_shape(node, 1), input_shape(node, 2)
+      total += 2 * _size(dy) * _size(kernel) // kernel[3]
+    elif op.startswith("Conv2DBackpropFilter"):  # (input, filter sizes, dy) -> dW [, db]
+      total += 2 * _size(input_shape(node, 2)) * _size(out) // out[3]
+    elif "Conv2D" in op:  # Conv2D, FusedConv2D, PadWithConv2D, ...: (input, filter, ...) -> y
+      kernel = input_shape(node, 1)
+      total += 2 * _size(out) * _size(kernel) // kernel[3]
+    elif op in ("MatMul", "FusedMatMul"):
+      a = input_shape(node, 0)
+      total += 2 * _size(out) * a[0 if node.attr["transpose_a"].b else 1]
+    else:
+      assert not any(word in op for word in ("Conv", "MatMul", "Einsum")), f"uncounted op {node.op}"
+  return total
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 3), (28, 28, 1)])
+def test_flop_count_equals_the_convolutions_and_matmuls_tensorflow_executes(shape):
+  width, depth, classes, batch, steps = 8, 2, 10, 4, 2
+  fmodel = FlatModel(models.build("convnet", classes, shape, seed=0, width=width, depth=depth))
+  units = flops.step_flops(shape, width, depth, classes, batch)
+  rng = np.random.default_rng(0)
+  with tf.Graph().as_default() as graph:
+    # Placeholders, not constants: grappler would fold work on constants away.
+    theta, target, adjoint = (tf.compat.v1.placeholder(tf.float32, [fmodel.num_params]) for _ in range(3))
+    x = tf.compat.v1.placeholder(tf.float32, (batch,) + shape)
+    images = tf.compat.v1.placeholder(tf.float32, (2 * batch,) + shape)
+    y, labels = tf.one_hot(np.arange(batch) % classes, classes), tf.one_hot(np.arange(2 * batch) % 2, classes)
+    step = matching._Matching(fmodel, theta, target, x, y, 0.01, None, None, False, matching.AllRows())
+    same = lambda structure: structure  # noqa: E731
+    runs = {"sgd": (step.sgd_step(theta, x, y, None, same), units["sgd"])}
+    for mode in ("tesla", "exact"):
+      grads = step.double_backward(theta, x, y, None, adjoint, mode == "exact", same)
+      runs["double_backward_" + mode] = (grads, units["double_backward_" + mode])
+    # Whole iterations, with DSA (it adds no conv or matmul) and, for tesla, row chunks (no fused step).
+    schedule = matching.make_schedule(2 * batch, steps, batch, [0, 0])
+    aug = augment.sample_steps("color_crop_cutout_flip_scale_rotate", steps, [batch, *shape], [1, 0])
+    for mode, rows in [(m, matching.AllRows()) for m in matching.MODES] + [("tesla", matching.RowChunks(2))]:
+      problem = matching._Matching(fmodel, theta, target, images, labels, tf.constant(0.01), schedule, aug,
+                                   False, rows)
+      result = [t for t in matching.MODES[mode](problem) if t is not None]
+      runs[f"{mode} {type(rows).__name__}"] = (result, flops.iteration_flops(
+          shape, width, depth, classes, batch, steps, mode, fused_last_step=rows.fuses_last_step))
+    feed = {theta: 0.1 * rng.normal(size=fmodel.num_params), target: 0.1 * rng.normal(size=fmodel.num_params),
+            adjoint: rng.normal(size=fmodel.num_params), x: rng.normal(size=(batch,) + shape),
+            images: rng.normal(size=(2 * batch,) + shape)}
+    with tf.compat.v1.Session(graph=graph) as session:
+      executed = {name: _executed_flops(session, fetches, feed) for name, (fetches, _) in runs.items()}
+  assert executed == {name: count for name, (_, count) in runs.items()}
 
 
 def test_fidelity_compares_tesla_with_exact_on_a_tiny_expert(tmp_path):
@@ -115,6 +212,10 @@ def test_fidelity_compares_tesla_with_exact_on_a_tiny_expert(tmp_path):
   speed.write_report(config, {"records": [{"part": "fidelity", **record, "wall_s": 60.0}]})
   page = (tmp_path / "benchmarks.md").read_text()
   assert f"| 2 | 1 | {rec['cos']:.3f} [" in page and "Expert: ConvNet width 8" in page
+  # the bfloat16 student: close to float32, not equal to it
+  for mode in ("tesla", "exact"):
+    assert 0.9 < rec[f"bf16_cos_{mode}"] < 1 - 1e-7 and 0 < rec[f"bf16_rel_error_{mode}"] < 0.5
+  assert f"{rec['bf16_cos_tesla']:.4f} / {rec['bf16_cos_exact']:.4f} |" in page
 
 
 # --------------------------------------------------------------------------- scaling (tools/benchmark_scaling.py)

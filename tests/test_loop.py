@@ -208,6 +208,18 @@ def test_row_chunks_run_equals_whole_batch_run(store_dir, tmp_path):
     loop.Distiller(small_config(store_dir, str(tmp_path / "bad"), mode="unrolled", row_chunks=2))
 
 
+def test_bfloat16_student_distils_close_to_the_float32_run(store_dir, tmp_path):
+  """--precision=bfloat16 changes the arithmetic only: the images move as the float32 run's do."""
+  initial = loop.Distiller(small_config(store_dir, str(tmp_path / "initial"), mode="exact")).images.numpy()
+  runs = {p: loop.distill(small_config(store_dir, str(tmp_path / p), mode="exact", iterations=2, precision=p))
+          for p in ("float32", "bfloat16")}
+  step32, step16 = (runs[p].images - initial for p in ("float32", "bfloat16"))
+  assert np.abs(step32).max() > 1e-3
+  cos = float(np.sum(step32 * step16) / (np.linalg.norm(step32) * np.linalg.norm(step16)))
+  assert 0.98 < cos < 1.0 - 1e-7, cos  # close, and not the float32 run itself
+  assert runs["bfloat16"].images.dtype == np.float32
+
+
 @pytest.mark.parametrize("shape", [(), (3, 4, 4, 2)])
 def test_sgd_momentum_is_pytorch_sgd(shape):
   rng = np.random.default_rng(0)

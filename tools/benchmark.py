@@ -37,6 +37,13 @@ flags.DEFINE_bool("jit", _D.jit, "Speed part: matching_gradients(..., jit_compil
 flags.DEFINE_integer("row_chunks", _D.row_chunks, "Speed part: matching_gradients(..., row_chunks=k) "
                      "(tesla/exact).", lower_bound=1)
 flags.DEFINE_string("tag", _D.tag, "Label stored with every speed record (e.g. the variant being measured).")
+flags.DEFINE_string("precision", _D.precision, "Speed part: how the ConvNet computes, one of "
+                    f"{', '.join(speed.PRECISIONS)} (part of the record key, like --tag).")
+flags.DEFINE_integer("yardstick_runs", _D.yardstick_runs, "Speed part: timed runs of each of the machine's "
+                     "yardsticks (3x3 conv, n x n matmul; float32, bfloat16), the best kept.", lower_bound=1)
+flags.DEFINE_integer("yardstick_batch", _D.yardstick_batch, "Batch of the conv yardstick (128 -> 128 "
+                     "channels at 16x16).", lower_bound=1)
+flags.DEFINE_integer("yardstick_gemm", _D.yardstick_gemm, "n of the n x n matmul yardstick.", lower_bound=1)
 # fidelity
 flags.DEFINE_list("fidelity_steps", [str(n) for n in _D.fidelity_steps], "N values of the fidelity part.")
 flags.DEFINE_list("fidelity_start_epochs", [str(t) for t in _D.fidelity_start_epochs],

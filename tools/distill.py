@@ -40,6 +40,9 @@ flags.DEFINE_enum("strategy", "none", list(replicas.STRATEGIES), "none = one dev
 flags.DEFINE_integer("row_chunks", 1, "tesla/exact on one device: run every student step on this many "
                      "equal chunks of its batch_syn rows, one after another — the same gradients at about "
                      "1/row_chunks of the activation memory, a little slower.", lower_bound=1)
+flags.DEFINE_enum("precision", "float32", list(models.PRECISIONS), "The student's layers: float32, or "
+                  "bfloat16 (float32 parameters and gradients, bfloat16 convolutions and activations: "
+                  "~1.6x faster on CPUs with AVX512-BF16 and on GPUs; docs/benchmarks.md).")
 flags.DEFINE_integer("syn_steps", 20, "N: student steps per iteration.", lower_bound=1)
 flags.DEFINE_integer("expert_epochs", 2, "M: expert epochs between start and target.", lower_bound=1)
 flags.DEFINE_integer("max_start_epoch", 20, "T+: start epoch drawn from [0, T+).", lower_bound=1)

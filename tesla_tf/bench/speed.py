@@ -2,13 +2,19 @@
 (tools/benchmark.py; results in docs/benchmarks.md).
 
 Speed/memory (part "speed"): ConvNet-3 (width 128) on 32×32×3, 10 classes, 100 N(0,1) synthetic images,
-batch_syn 100, float32, DSA on, start/target two random flat vectors near a PyTorch-style init. Every
-(mode, N) runs in a fresh child process (bench/process.py) that builds everything, wraps
+batch_syn 100, float32 (or `precision`), DSA on, start/target two random flat vectors near a PyTorch-style
+init. Every (mode, N) runs in a fresh child process (bench/process.py) that builds everything, wraps
 `matching.matching_gradients` in one tf.function, runs one warm-up iteration (which traces) and k timed
 ones, and prints one JSON record: wall and CPU seconds per iteration, the process's peak RSS, its RSS
 before the first iteration (the baseline), the peak RSS of the timed iterations only, and TensorFlow's
-own allocator peak. The parent watches each child's RSS in /proc and kills it above memory_cap_gb;
-unrolled N values whose linear projection from the smaller N exceeds the cap are skipped.
+own allocator peak (of the iterations). The parent watches each child's RSS in /proc and kills it above
+memory_cap_gb; unrolled N values whose linear projection from the smaller N exceeds the cap are skipped.
+
+Achieved rate: after its baseline RSS and before the warm-up, each child measures the machine's own
+rates in TensorFlow (`flops.machine_rates`: a 3×3 conv 128 → 128 at 16×16, batch 100, and a 4096²
+matmul, in float32 and bfloat16); the record holds them beside the achieved rate, the analytic conv and
+matmul FLOPs of one iteration (bench/flops.py) over its median wall time. `precision` = "bfloat16" builds
+the ConvNet with bfloat16 convolutions and activations (models.build); the FLOP count is the same.
 
 Fidelity (part "fidelity"): cosine and relative error between tesla's and exact's image gradients on
 real Fashion-MNIST expert trajectories (one expert trained with tesla_tf.experts, cached in
@@ -32,10 +38,15 @@ from absl import logging
 from tesla_tf import errors
 from tesla_tf import bench
 from tesla_tf import files
+from tesla_tf.bench import flops
 from tesla_tf.bench import process
 
 PARTS = ("speed", "fidelity", "report")
 MODES = ("unrolled", "tesla", "exact")  # = matching.MODES (not imported: the parent stays free of TF)
+PRECISIONS = ("float32", "bfloat16")  # = models.PRECISIONS (not imported either)
+# The value of a key field in records written before the field existed.
+KEY_DEFAULTS = {"tag": "", "precision": "float32"}
+SPEED_KEY = ("part", "mode", "steps", "tag", "precision")
 BEGIN, END = "<!-- BEGIN GENERATED (tools/benchmark.py) -->", "<!-- END GENERATED -->"
 GB = process.GB
 REPO = process.REPO
@@ -58,6 +69,10 @@ class SpeedConfig:
     dsa_strategy: DSA strategy, or "none".
     jit, row_chunks: matching_gradients options of the speed part (tesla/exact).
     tag: label stored with every speed record (e.g. the variant being measured).
+    precision: from PRECISIONS, how the speed part's ConvNet computes (models.build); part of the record
+      key, like tag.
+    yardstick_runs, yardstick_batch, yardstick_gemm: the machine's rates measured in every speed child
+      (`flops.machine_rates`: timed runs, batch of the conv, n of the n×n matmul).
     fidelity_steps, fidelity_start_epochs, fidelity_seeds: the fidelity grid.
     expert_epochs: M of the fidelity part.  syn_lr: its α.  ipc: real images per class of its set.
     expert_store, expert_width, expert_train_examples: the fidelity expert (trained once, cached).
@@ -79,6 +94,10 @@ class SpeedConfig:
   jit: bool = False
   row_chunks: int = 1
   tag: str = ""
+  precision: str = "float32"
+  yardstick_runs: int = 5
+  yardstick_batch: int = 100
+  yardstick_gemm: int = 4096
   fidelity_steps: tuple = (10, 20, 50)
   fidelity_start_epochs: tuple = (0, 1)
   fidelity_seeds: int = 2
@@ -100,6 +119,8 @@ class SpeedConfig:
     unknown = set(self.parts) - set(PARTS) or set(self.modes) - set(MODES)
     if unknown:
       raise errors.UsageError(f"Unknown --parts/--modes value(s) {sorted(unknown)}.")
+    if self.precision not in PRECISIONS:
+      raise errors.UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
 
   @property
   def results_path(self):
@@ -115,10 +136,15 @@ def measure_speed(config, mode, steps):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tesla_tf import augment, models  # pylint: disable=g-import-not-at-top
   from tesla_tf.distill import matching  # pylint: disable=g-import-not-at-top
+  from tesla_tf.models.convnet import default_depth  # pylint: disable=g-import-not-at-top
   from tesla_tf.models.flat import FlatModel  # pylint: disable=g-import-not-at-top
 
   n, shape, classes = config.batch_syn, (32, 32, 3), 10
-  fmodel = FlatModel(models.build("convnet", classes, shape, seed=0, width=config.width))
+  fmodel = FlatModel(models.build("convnet", classes, shape, seed=0, width=config.width,
+                                  precision=config.precision))
+  row_chunks = 1 if mode == "unrolled" else config.row_chunks
+  flops_per_iter = flops.iteration_flops(shape, config.width, default_depth(shape), classes,
+                                         config.batch_syn, steps, mode, fused_last_step=row_chunks == 1)
   rng = np.random.default_rng(0)
   # Near a PyTorch-style init: the segment of an early expert epoch, roughly.
   start = fmodel.initial_flat(1) + tf.constant(rng.normal(scale=0.01, size=fmodel.num_params), tf.float32)
@@ -136,12 +162,19 @@ def measure_speed(config, mode, steps):
     out = matching.matching_gradients(fmodel, start, target, tf.convert_to_tensor(images), labels, lr,
                                       schedule, mode=mode, augment_params=aug,
                                       jit_compile=config.jit and mode != "unrolled",
-                                      row_chunks=1 if mode == "unrolled" else config.row_chunks)
+                                      row_chunks=row_chunks)
     images.assign_sub(100.0 * out.images_grad)  # an outer step, so that iterations differ
     return out.loss, out.lr_grad
 
   lr = tf.constant(0.01)
   baseline_gb = process.rss_gb()
+  t0 = time.perf_counter()
+  rates = flops.machine_rates(config.yardstick_runs, config.yardstick_batch, config.yardstick_gemm)
+  yardstick_s, yardstick_rss_gb = time.perf_counter() - t0, process.rss_gb()
+  try:  # TF's allocator peak of the matching only, not of the yardsticks' matrices
+    tf.config.experimental.reset_memory_stats("CPU:0")
+  except (ValueError, RuntimeError):
+    pass
   t0, c0 = time.perf_counter(), time.process_time()
   loss, _ = iteration(lr, tf.constant([0, 0]))
   float(loss)
@@ -160,10 +193,16 @@ def measure_speed(config, mode, steps):
     walls, cpus = [warmup[0]], [warmup[1]]
   peak_gb = process.max_rss_gb()
   timed_peak_gb = process.hwm_gb() if can_reset and iters else None
+  s_per_iter = float(np.median(walls))
+  gflops = flops_per_iter / s_per_iter / 1e9
   return {
-      "part": "speed", "mode": mode, "steps": steps, "tag": config.tag, "jit": config.jit,
-      "row_chunks": config.row_chunks, "iters": iters,
-      "num_params": fmodel.num_params, "s_per_iter": float(np.median(walls)), "s_per_iter_all": walls,
+      "part": "speed", "mode": mode, "steps": steps, "tag": config.tag, "precision": config.precision,
+      "jit": config.jit, "row_chunks": config.row_chunks, "iters": iters,
+      "num_params": fmodel.num_params, "s_per_iter": s_per_iter, "s_per_iter_all": walls,
+      "flops_per_iter": flops_per_iter, "gflops": gflops, **rates,
+      "conv_fraction": gflops / rates["conv_gflops"],
+      "yardsticks": {"runs": config.yardstick_runs, "conv_batch": config.yardstick_batch,
+                     "gemm_n": config.yardstick_gemm, "seconds": yardstick_s, "rss_after_gb": yardstick_rss_gb},
       "cpu_s_per_iter": float(np.median(cpus)), "cpu_s_per_iter_all": cpus,
       "warmup_s": warmup[0], "warmup_cpu_s": warmup[1],
       "baseline_rss_gb": baseline_gb, "peak_rss_gb": peak_gb, "above_baseline_gb": peak_gb - baseline_gb,
@@ -206,18 +245,20 @@ def measure_fidelity(config):
   images = tf.constant(pre.apply(x_train[rows]), tf.float32)
   labels = tf.one_hot(y_train[rows], info.num_classes)
   n = images.shape[0]
-  fmodel = FlatModel(models.build("convnet", info.num_classes, info.image_shape, width=config.expert_width))
+  fmodels = {p: FlatModel(models.build("convnet", info.num_classes, info.image_shape, width=config.expert_width,
+                                       precision=p)) for p in PRECISIONS}
+  fmodel = fmodels["float32"]
   lr = tf.constant(config.syn_lr, tf.float32)
   strategy = config.dsa_strategy
   batch_syn = min(config.batch_syn, n)
 
-  def grads(mode, steps, start, target, seed):
+  def grads(mode, steps, start, target, seed, precision="float32"):
     schedule = matching.make_schedule(n, steps, batch_syn, seed)
     aug = None
     if strategy != "none":
       aug = augment.sample_steps(strategy, steps, [batch_syn, *info.image_shape], seed + 1)
-    return matching.matching_gradients(fmodel, start, target, images, labels, lr, schedule, mode=mode,
-                                       augment_params=aug)
+    return matching.matching_gradients(fmodels[precision], start, target, images, labels, lr, schedule,
+                                       mode=mode, augment_params=aug)
 
   compiled = {}
   records = []
@@ -226,6 +267,9 @@ def measure_fidelity(config):
     for mode in ("tesla", "exact") + (("unrolled",) if config.fidelity_unrolled_check and steps == smallest
                                       else ()):
       compiled[mode, steps] = tf.function(lambda a, b, s, m=mode, k=steps: grads(m, k, a, b, s))
+    for mode in ("tesla", "exact"):  # the same gradients with the student in bfloat16
+      compiled[mode + "_bf16", steps] = tf.function(
+          lambda a, b, s, m=mode, k=steps: grads(m, k, a, b, s, "bfloat16"))
     for t in starts:
       start, target = (tf.constant(trajectory[e]) for e in (t, t + config.expert_epochs))
       for seed in range(config.fidelity_seeds):
@@ -240,6 +284,10 @@ def measure_fidelity(config):
         if "unrolled" in out:
           un = out["unrolled"].images_grad.numpy().ravel()
           rec["exact_vs_unrolled_rel_error"] = float(np.linalg.norm(ex - un) / np.linalg.norm(un))
+        for mode, fp32 in (("tesla", te), ("exact", ex)):
+          bf16 = out[mode + "_bf16"].images_grad.numpy().ravel()
+          rec[f"bf16_cos_{mode}"] = float(bf16 @ fp32 / (np.linalg.norm(bf16) * np.linalg.norm(fp32)))
+          rec[f"bf16_rel_error_{mode}"] = float(np.linalg.norm(bf16 - fp32) / np.linalg.norm(fp32))
         records.append(rec)
         logging.info("fidelity %s", rec)
   return {"part": "fidelity", "records": records, "expert_info": expert_info, "expert_s": expert_s,
@@ -269,10 +317,14 @@ def _projected_gb(records, steps):
   return float(slope * steps + intercept)
 
 
+def _key_value(record, field):
+  return record.get(field, KEY_DEFAULTS.get(field))
+
+
 def _store(config, results, record, key_fields):
   """Puts `record` in place of the record with the same key_fields and rewrites the results json."""
   results["records"] = [r for r in results["records"]
-                        if any(r.get(k) != record.get(k) for k in key_fields)] + [record]
+                        if any(_key_value(r, k) != _key_value(record, k) for k in key_fields)] + [record]
   files.write_json(config.results_path, results, indent=1)
 
 
@@ -281,9 +333,10 @@ def _speed_part(config, results):
   done, stopped = {m: [] for m in config.modes}, {}
   for steps in sorted(config.syn_steps):
     for mode in config.modes:
-      key = {"part": "speed", "mode": mode, "steps": steps, "tag": config.tag}
+      key = {"part": "speed", "mode": mode, "steps": steps, "tag": config.tag, "precision": config.precision}
       projected = _projected_gb(done[mode], steps) if mode == "unrolled" else None
-      previous = next((r for r in results["records"] if all(r.get(k) == v for k, v in key.items())), None)
+      previous = next((r for r in results["records"] if all(_key_value(r, k) == v for k, v in key.items())),
+                      None)
       if config.resume and previous and "s_per_iter" in previous:
         done[mode].append(previous)
         continue
@@ -301,7 +354,7 @@ def _speed_part(config, results):
       logging.info("%s N=%d: %s", mode, steps,
                    {k: record.get(k) for k in ("s_per_iter", "cpu_s_per_iter", "peak_rss_gb",
                                                "above_baseline_gb", "tf_peak_gb", "stopped", "skipped")})
-      _store(config, results, record, ("part", "mode", "steps", "tag"))
+      _store(config, results, record, SPEED_KEY)
 
 
 def _fidelity_part(config, results):
@@ -334,23 +387,26 @@ def _fmt(value, digits=2):
 
 def _speed_rows(records):
   by = {(r["mode"], r["steps"]): r for r in records}
-  lines = ["| mode | N | s/iter (wall) | CPU s/iter | peak RSS GB | above baseline GB | timed-iteration "
-           "peak RSS GB (above baseline) | TF allocator peak GB | load avg (1 min) before → after |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| mode | N | s/iter (wall) | CPU s/iter | GFLOP/s | % of conv rate | peak RSS GB | above "
+           "baseline GB | timed-iteration peak RSS GB (above baseline) | TF allocator peak GB | load avg (1 "
+           "min) before → after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   for mode in MODES:
     for steps in sorted({s for m, s in by if m == mode}):
       r = by[mode, steps]
       if "s_per_iter" not in r:
         why = r.get("skipped") or r.get("stopped") or "failed: " + " ".join(r.get("error", []))[-120:]
-        lines.append(f"| {mode} | {steps} | {why} | | | | | | |")
+        lines.append(f"| {mode} | {steps} | {why} | | | | | | | | |")
         continue
       timed = (f"{_fmt(r['timed_peak_rss_gb'])} ({_fmt(r['timed_above_baseline_gb'])})"
                if r.get("timed_peak_rss_gb") is not None else "–")
       iters = ("" if r["iters"] == 2 else f" (k={r['iters']})" if r["iters"] else " (warm-up incl. trace)")
+      # Records from before the FLOP count have neither: blank.
+      rate = "" if "gflops" not in r else _fmt(r["gflops"], 1)
+      fraction = "" if "conv_fraction" not in r else _fmt(100 * r["conv_fraction"], 0)
       lines.append(
           f"| {mode} | {steps} | {_fmt(r['s_per_iter'], 1)}{iters} | {_fmt(r['cpu_s_per_iter'], 1)} | "
-          f"{_fmt(r['peak_rss_gb'])} | {_fmt(r['above_baseline_gb'])} | {timed} | {_fmt(r['tf_peak_gb'])} | "
-          f"{r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")
+          f"{rate} | {fraction} | {_fmt(r['peak_rss_gb'])} | {_fmt(r['above_baseline_gb'])} | {timed} | "
+          f"{_fmt(r['tf_peak_gb'])} | {r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")
   return lines
 
 
@@ -407,16 +463,18 @@ def _fidelity_rows(record):
     return [f"Fidelity part not available: {why}"]
   recs = record["records"]
   lines = ["| N | runs (start epochs × seeds) | cos(tesla, exact) mean [min, max] | rel. error ‖tesla − exact‖/‖exact‖ "
-           "mean [min, max] | ‖tesla‖/‖exact‖ mean | exact vs unrolled rel. error |",
-           "|---|---|---|---|---|---|"]
+           "mean [min, max] | ‖tesla‖/‖exact‖ mean | exact vs unrolled rel. error | cos(bfloat16, float32) "
+           "tesla / exact, min |", "|---|---|---|---|---|---|---|"]
   for steps in sorted({r["steps"] for r in recs}):
     rs = [r for r in recs if r["steps"] == steps]
     cos, rel = [r["cos"] for r in rs], [r["rel_error"] for r in rs]
     unrolled = [r["exact_vs_unrolled_rel_error"] for r in rs if "exact_vs_unrolled_rel_error" in r]
+    bf16 = ("–" if "bf16_cos_tesla" not in rs[0] else  # records from before the bfloat16 student: blank
+            " / ".join(f"{min(r[f'bf16_cos_{m}'] for r in rs):.4f}" for m in ("tesla", "exact")))
     lines.append(f"| {steps} | {len(rs)} | {np.mean(cos):.3f} [{min(cos):.3f}, {max(cos):.3f}] | "
                  f"{np.mean(rel):.3f} [{min(rel):.3f}, {max(rel):.3f}] | "
                  f"{np.mean([r['norm_ratio'] for r in rs]):.3f} | "
-                 f"{f'{max(unrolled):.1e} (max)' if unrolled else '–'} |")
+                 f"{f'{max(unrolled):.1e} (max)' if unrolled else '–'} | {bf16} |")
   info = record.get("expert_info", {})
   acc = info.get("test_accuracy")
   lines += ["", f"Expert: ConvNet width {record['expert_width']} ({record['num_params']:,} params), "
@@ -428,26 +486,33 @@ def _fidelity_rows(record):
   return lines
 
 
+def _variant(record):
+  """The label of a run made with a tag or a non-default precision, "" for a default run."""
+  precision = _key_value(record, "precision")
+  return ", ".join(([record["tag"]] if record.get("tag") else [])
+                   + ([precision] if precision != KEY_DEFAULTS["precision"] else []))
+
+
 def _variant_rows(results):
-  """Runs made with a tag (e.g. --jit), beside the untagged run at the same (mode, N)."""
+  """Variant runs (a tag, e.g. --jit, or --precision=bfloat16) beside the default run at the same (mode, N)."""
   speed = [r for r in results["records"] if r.get("part") == "speed" and "s_per_iter" in r]
-  base = {(r["mode"], r["steps"]): r for r in speed if not r.get("tag")}
-  tagged = sorted((r for r in speed if r.get("tag")), key=lambda r: (r["tag"], r["mode"], r["steps"]))
+  base = {(r["mode"], r["steps"]): r for r in speed if not _variant(r)}
+  tagged = sorted((r for r in speed if _variant(r)), key=lambda r: (_variant(r), r["mode"], r["steps"]))
   if not tagged:
     return []
-  lines = ["### Variants (--tag runs) against the default run", "",
-           "| tag | mode | N | CPU s/iter (default) | wall s/iter (default) | peak RSS GB (default) | "
+  lines = ["### Variants (--tag, --precision runs) against the default run", "",
+           "| variant | mode | N | CPU s/iter (default) | wall s/iter (default) | peak RSS GB (default) | "
            "above baseline GB (default) | load before → after |", "|---|---|---|---|---|---|---|---|"]
   for r in tagged:
     d = base.get((r["mode"], r["steps"]), {})
-    lines.append(f"| {r['tag']} | {r['mode']} | {r['steps']} | {_fmt(r['cpu_s_per_iter'], 1)} "
+    lines.append(f"| {_variant(r)} | {r['mode']} | {r['steps']} | {_fmt(r['cpu_s_per_iter'], 1)} "
                  f"({_fmt(d.get('cpu_s_per_iter'), 1)}) | {_fmt(r['s_per_iter'], 1)} ({_fmt(d.get('s_per_iter'), 1)}) | "
                  f"{_fmt(r['peak_rss_gb'])} ({_fmt(d.get('peak_rss_gb'))}) | {_fmt(r['above_baseline_gb'])} "
                  f"({_fmt(d.get('above_baseline_gb'))}) | {r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")
   return lines + [""]
 
 
-def _plot(records, path):
+def _plot(records, path, precision):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -476,7 +541,8 @@ def _plot(records, path):
     ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.suptitle("ConvNet-3 (320,010 params), 32×32×3, batch_syn 100, DSA, float32 — TF 2.21 CPU, 2 cores")
+  fig.suptitle(f"ConvNet-3 (320,010 params), 32×32×3, batch_syn 100, DSA, {precision} — TF 2.21 CPU, "
+               "2 cores")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -484,12 +550,13 @@ def _plot(records, path):
 
 def write_report(config, results):
   """The generated section of <out_dir>/benchmarks.md and <out_dir>/benchmark_memory.png, from the
-  speed records of config.tag and the fidelity record of `results`."""
-  records = [r for r in results["records"] if r.get("part") == "speed" and r.get("tag", "") == config.tag]
+  speed records of config.tag and config.precision and the fidelity record of `results`."""
+  records = [r for r in results["records"] if r.get("part") == "speed"
+             and (_key_value(r, "tag"), _key_value(r, "precision")) == (config.tag, config.precision)]
   fidelity = next((r for r in results["records"] if r.get("part") == "fidelity"), None)
   png = os.path.join(config.out_dir, "benchmark_memory.png")
   if records:
-    _plot(records, png)
+    _plot(records, png, config.precision)
   lines = ["", f"Generated {time.strftime('%Y-%m-%d %H:%M')} from "
            f"`{os.path.relpath(config.results_path, REPO)}`.",
            "", "### Speed and memory", ""] + _speed_rows(records) + [

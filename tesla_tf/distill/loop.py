@@ -53,6 +53,7 @@ class DistillConfig:
   strategy: str = "none"               # the device strategy; "mirrored" splits each student step
   halve_tesla_image_grad: bool = False
   row_chunks: int = 1                  # tesla/exact: each student step on this many row chunks in turn
+  precision: str = "float32"           # the student's (and teacher's) layers: a key of models.PRECISIONS
   dsa_strategy: str = augment.STRATEGY  # the DSA families (augment.py), not a device strategy
   iterations: int = 5000
   seed: int = 0
@@ -95,7 +96,7 @@ class Distiller:
     self.store = store or store_lib.TrajectoryStore(c.store_dir)
     self.experts = self.store.compatible_with(c.dataset, c.max_start_epoch + c.expert_epochs)
     self.preprocessor, self.holdout = self.store.preprocessor(), self.store.holdout()
-    self.fmodel = self.store.build_model()
+    self.fmodel = self.store.build_model(c.precision)
     n = self.store.manifest.num_classes * c.ipc
     _check(c, n)
     self.batch_syn = c.batch_syn or n

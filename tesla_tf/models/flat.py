@@ -46,10 +46,13 @@ class FlatModel:
       variable.assign(tf.cast(value, variable.dtype))
 
   def apply(self, flat, images, training=True):
-    """Logits [b, classes] of the model with parameters `flat` — a pure, twice-differentiable function."""
+    """Logits [b, classes] of the model with parameters `flat` — a pure, twice-differentiable function.
+
+    The logits have flat's dtype whatever the layers compute in (bfloat16 under models.PRECISIONS).
+    """
     non_trainable = [v.value for v in self.model.non_trainable_variables]
     logits, _ = self.model.stateless_call(self.unflatten(flat), non_trainable, images, training=training)
-    return logits
+    return tf.cast(logits, flat.dtype)
 
   def initial_flat(self, seed):
     """A PyTorch-style initialisation [P] drawn from `seed` (int); the same seed gives the same vector."""
