@@ -277,23 +277,32 @@ def measure_fidelity(config):
         out = {m: compiled[m, k](start, target, seed_t) for (m, k) in compiled if k == steps}
         te, ex = out["tesla"].images_grad.numpy().ravel(), out["exact"].images_grad.numpy().ravel()
         rec = {"steps": steps, "start_epoch": t, "seed": seed, "loss": float(out["exact"].loss),
-               "cos": float(te @ ex / (np.linalg.norm(te) * np.linalg.norm(ex))),
-               "rel_error": float(np.linalg.norm(te - ex) / np.linalg.norm(ex)),
+               "cos": _cos(te, ex), "rel_error": _rel_error(te, ex),
                "norm_ratio": float(np.linalg.norm(te) / np.linalg.norm(ex)),
                "lr_grad_tesla": float(out["tesla"].lr_grad), "lr_grad_exact": float(out["exact"].lr_grad)}
         if "unrolled" in out:
           un = out["unrolled"].images_grad.numpy().ravel()
-          rec["exact_vs_unrolled_rel_error"] = float(np.linalg.norm(ex - un) / np.linalg.norm(un))
+          rec["exact_vs_unrolled_rel_error"] = _rel_error(ex, un)
         for mode, fp32 in (("tesla", te), ("exact", ex)):
           bf16 = out[mode + "_bf16"].images_grad.numpy().ravel()
-          rec[f"bf16_cos_{mode}"] = float(bf16 @ fp32 / (np.linalg.norm(bf16) * np.linalg.norm(fp32)))
-          rec[f"bf16_rel_error_{mode}"] = float(np.linalg.norm(bf16 - fp32) / np.linalg.norm(fp32))
+          rec[f"bf16_cos_{mode}"], rec[f"bf16_rel_error_{mode}"] = _cos(bf16, fp32), _rel_error(bf16, fp32)
         records.append(rec)
         logging.info("fidelity %s", rec)
   return {"part": "fidelity", "records": records, "expert_info": expert_info, "expert_s": expert_s,
           "num_params": fmodel.num_params, "ipc": config.ipc, "syn_lr": config.syn_lr,
           "expert_width": config.expert_width, "expert_train_examples": config.expert_train_examples,
           "expert_epochs": config.expert_epochs, "batch_syn": batch_syn, "dsa_strategy": strategy}
+
+
+def _cos(a, b):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _rel_error(a, b):
+  """‖a − b‖ / ‖b‖."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 MEASUREMENTS = {"speed": measure_speed, "fidelity": measure_fidelity}
