@@ -77,6 +77,8 @@ class ExpertConfig:
     verbose: 0 silent; above 0 one log line per epoch (train loss and accuracy, test accuracy, seconds).
     strategy: a key of STRATEGIES: "none" (this process alone) or "multi_worker" (one expert trained by
       the workers of TF_CONFIG; batch_size is the global batch).
+    precision: a key of models.PRECISIONS: "float32", or "bfloat16" (layers compute in bfloat16,
+      variables, gradients, updates and the trajectory stay float32).
   """
   dataset: str
   store_dir: str
@@ -102,6 +104,7 @@ class ExpertConfig:
   label_key: str | None = None
   train_split: str | None = None
   test_split: str | None = None
+  precision: str = "float32"
 
   def __post_init__(self):
     kwargs = self.model_kwargs
@@ -114,6 +117,9 @@ class ExpertConfig:
       raise errors.UsageError(f"Unknown preprocessing {self.preprocessing!r} (--preprocessing); "
                               f"expected one of {sorted(preprocess.PREPROCESSORS)}.")
     augment.parse_strategy(self.dsa_strategy)
+    if self.precision not in models.PRECISIONS:
+      raise errors.UsageError(f"Unknown precision {self.precision!r} (--precision); expected one of "
+                              f"{sorted(models.PRECISIONS)}.")
     if self.strategy not in multi_worker.STRATEGIES:
       raise errors.UsageError(f"Unknown strategy {self.strategy!r} (--strategy); expected one of "
                               f"{sorted(multi_worker.STRATEGIES)}.")
@@ -149,12 +155,13 @@ class ExpertData:
   """The data every expert of a store uses.
 
   Attributes:
-    train: dataset of (uint8 image, int label) examples.
+    train: the train examples for pipeline.train_pipeline: a dataset of (uint8 image, int label), or
+      (images, labels) tensors when they are held in memory.
     num_train: number of examples in `train`.
     test: dataset of (uint8 image, int label) test examples.
     preprocessor: the store's preprocessing.
   """
-  train: tf.data.Dataset
+  train: tf.data.Dataset | tuple
   num_train: int
   test: tf.data.Dataset
   preprocessor: object
@@ -183,8 +190,9 @@ def store_holdout(config):
 
 
 def _train_examples(config):
-  """(train dataset, count, numpy images or None): the train split minus the validation split, or a
-  seeded subset of that rest of max_train_examples examples."""
+  """(train examples, count, numpy images or None): the train split minus the validation split, or a
+  seeded subset of that rest of max_train_examples examples; a dataset, or (images, labels) tensors when
+  they are loaded into memory."""
   info = config.info
   split = store_holdout(config)
   in_memory = info.in_memory or config.preprocessing == "zca" or config.max_train_examples is not None
@@ -207,7 +215,8 @@ def _train_examples(config):
     images, labels = arrays[0][keep], arrays[1][keep]
   else:
     images, labels = sources.take_positions(sources.load(info, "train", config.data_dir), keep)
-  return tf.data.Dataset.from_tensor_slices((images, labels)), len(labels), images
+  # Tensors once: every pipeline built on them captures them instead of copying arrays into its graph.
+  return (tf.constant(images), tf.constant(labels)), len(labels), images
 
 
 def _test_examples(config):
@@ -258,7 +267,8 @@ def manifest_fields(config, flat_model, preprocessor):
           "preprocessing": preprocessor.to_dict(), "epochs": config.epochs,
           "lr_teacher": config.lr_teacher, "momentum": 0.0, "batch_size": config.batch_size,
           "dsa_strategy": config.dsa_strategy, "seed": config.seed,
-          "max_train_examples": config.max_train_examples, "holdout": store_holdout(config).to_dict()}
+          "max_train_examples": config.max_train_examples, "holdout": store_holdout(config).to_dict(),
+          "precision": config.precision}
 
 
 def open_store(config):
@@ -281,7 +291,7 @@ def build_expert(config, index):
   """Expert `index`'s network at its initial weights (seed from (config.seed, index)); `TrainStep`
   trains it."""
   info = config.info
-  return models.build(config.model, info.num_classes, info.image_shape,
+  return models.build(config.model, info.num_classes, info.image_shape, precision=config.precision,
                       seed=expert_seeds(config.seed, index)[0], **dict(config.model_kwargs))
 
 
@@ -289,8 +299,9 @@ def _loss_terms(labels, logits):
   """(per-example cross-entropy from logits [b], number of correct argmax predictions, float32 scalar).
 
   Integer labels are class indices (sparse CE); float labels are probability rows (CE with soft targets,
-  correct = the argmax of the row).
+  correct = the argmax of the row). Logits of a bfloat16 model are cast up first: the loss is float32.
   """
+  logits = tf.cast(logits, tf.float32)
   if labels.dtype.is_integer:
     target = tf.cast(labels, tf.int32)
     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits)
@@ -398,12 +409,11 @@ def train_expert(config, index, data, strategy=None):
   """
   strategy = strategy or tf.distribute.get_strategy()
   init_seed, data_seed = expert_seeds(config.seed, index)
-  use_service = config.data_service is not None
-  # Through the service one job serves the whole training (repeat, num_train // batch_size steps per
-  # epoch): a fresh job per epoch would restart the workers' shuffle and augmentation seeds and repeat
-  # epoch 1's batches.
+  # One repeated pipeline serves the whole training, num_train // batch_size steps per epoch: here and
+  # through the service (one job; a fresh job per epoch would restart the workers' shuffle and
+  # augmentation seeds and repeat epoch 1's batches) alike, so both train on the same batches.
   train = pipeline.train_pipeline(data.train, data.preprocessor, config.batch_size, seed=data_seed,
-                                  dsa_strategy=config.dsa_strategy, repeat=use_service,
+                                  dsa_strategy=config.dsa_strategy, repeat=True,
                                   data_service=config.data_service)
   train = multi_worker.sharded_by_data(train)
   test = multi_worker.sharded_by_data(pipeline.eval_pipeline(data.test, data.preprocessor, _EVAL_BATCH))
@@ -413,7 +423,7 @@ def train_expert(config, index, data, strategy=None):
   step = TrainStep(model, strategy, config.lr_teacher, global_batch_size=train.element_spec[0].shape[0])
   train_batches = strategy.experimental_distribute_dataset(train)
   test_batches = strategy.experimental_distribute_dataset(test)
-  service_batches = iter(train_batches) if use_service else None
+  train_iterator = iter(train_batches)
   # Every worker records (the variables are mirrored, identical on all of them); the caller decides who
   # writes.
   flat = FlatModel(model)
@@ -422,9 +432,7 @@ def train_expert(config, index, data, strategy=None):
   start = time.time()
   for epoch in range(1, config.epochs + 1):
     epoch_start = time.time()
-    batches = (itertools.islice(service_batches, data.num_train // config.batch_size) if use_service
-               else train_batches)
-    loss, accuracy = step.run(batches)
+    loss, accuracy = step.run(itertools.islice(train_iterator, data.num_train // config.batch_size))
     snapshots.append(flat.get_flat().numpy().astype(np.float32))
     test_loss, test_accuracy = step.run(test_batches, train=False)
     for key, value in zip(logs, (loss, accuracy, test_loss, test_accuracy)):

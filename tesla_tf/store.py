@@ -35,7 +35,7 @@ FORMAT = "tesla_tf.trajectory_store/1"
 # Fields that must agree for two sets of experts to share one store.
 COMPAT_FIELDS = ("format", "dataset", "data_options", "num_classes", "image_shape", "model", "model_kwargs", "num_params",
                  "layout", "preprocessing", "epochs", "lr_teacher", "momentum", "batch_size",
-                 "dsa_strategy", "seed", "max_train_examples", "holdout")
+                 "dsa_strategy", "seed", "max_train_examples", "holdout", "precision")
 _EXPERT_RE = re.compile(r"^expert_(\d+)\.json$")
 
 
@@ -62,6 +62,7 @@ class Manifest:
     epochs: E, so every trajectory is [E + 1, num_params].
     lr_teacher, momentum, batch_size, dsa_strategy, seed, max_train_examples: the expert recipe.
     holdout: the validation split held out of expert training ({"size", "seed"}, data/holdout.py).
+    precision: how the experts' layers computed (models.PRECISIONS; stores before 2026-12: float32).
   """
   dataset: str
   model: str
@@ -81,6 +82,7 @@ class Manifest:
   holdout: dict = dataclasses.field(default_factory=dict)
   class_names: list = dataclasses.field(default_factory=list)
   data_options: dict = dataclasses.field(default_factory=dict)
+  precision: str = "float32"
   format: str = FORMAT
   created: str = ""
 

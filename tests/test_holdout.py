@@ -89,14 +89,13 @@ def test_experts_initialisation_and_baseline_draw_only_from_the_rest(position_da
   _, validation = split.split(_index(position_data[1]))
   store, data = experts.open_store(config)
   assert store.manifest.holdout == {"size": 500, "seed": 1}
-  trained_on = _positions(np.concatenate([x for x, _ in data.train.batch(1000).as_numpy_iterator()]))
+  trained_on = _positions(data.train[0].numpy())  # in memory: (images, labels) tensors
   assert data.num_train == N - 500 and len(np.unique(trained_on)) == N - 500
   assert np.intersect1d(trained_on, validation).size == 0
   # A max_train_examples subset is drawn from the rest as well.
   small = dataclasses.replace(config, store_dir=str(tmp_path / "small"), max_train_examples=1000)
   _, subset = experts.open_store(small)
-  assert np.intersect1d(_positions(subset.train.map(lambda x, y: x).batch(N).get_single_element()),
-                        validation).size == 0
+  assert np.intersect1d(_positions(subset.train[0].numpy()), validation).size == 0
 
   # The distiller's real initialisation (a large IPC makes a chance overlap certain without the split).
   theta = np.zeros((3, store.manifest.num_params), np.float32)

@@ -22,13 +22,17 @@ def _ds(n=37):
   return tf.data.Dataset.from_tensor_slices(_raw(n))
 
 
+SOURCES = {"dataset": lambda n=37: _ds(n), "arrays": lambda n=37: _raw(n)}  # both kinds of train source
+
+
 def _epoch(ds):
   return [(x.numpy(), y.numpy()) for x, y in ds]
 
 
-def test_shapes_and_values_without_augmentation():
+@pytest.mark.parametrize("source", SOURCES)
+def test_shapes_and_values_without_augmentation(source):
   images, labels = _raw()
-  ds = pipeline.train_pipeline(_ds(), NORM, 8, seed=3, dsa_strategy="none")
+  ds = pipeline.train_pipeline(SOURCES[source](), NORM, 8, seed=3, dsa_strategy="none")
   assert ds.element_spec[0].shape == (8, 8, 8, 2) and ds.element_spec[0].dtype == tf.float32
   assert ds.element_spec[1].shape == (8,) and ds.element_spec[1].dtype == tf.int32
   batches = _epoch(ds)
@@ -43,9 +47,10 @@ def test_shapes_and_values_without_augmentation():
   assert seen != sorted(seen)  # shuffled
 
 
-def test_seeded_shuffle_and_augmentation_reproducible():
+@pytest.mark.parametrize("source", SOURCES)
+def test_seeded_shuffle_and_augmentation_reproducible(source):
   def run(seed, strategy):
-    ds = pipeline.train_pipeline(_ds(), NORM, 8, seed=seed, dsa_strategy=strategy)
+    ds = pipeline.train_pipeline(SOURCES[source](), NORM, 8, seed=seed, dsa_strategy=strategy)
     return _epoch(ds), _epoch(ds)
 
   first, second = run(5, augment.STRATEGY)
@@ -72,9 +77,28 @@ def test_augmentation_applied_per_batch():
   assert changed > 0
 
 
-def test_repeat_spans_epochs():
-  ds = pipeline.train_pipeline(_ds(10), NORM, 4, seed=0, dsa_strategy="none", repeat=True)
+@pytest.mark.parametrize("source", SOURCES)
+def test_repeat_spans_epochs(source):
+  ds = pipeline.train_pipeline(SOURCES[source](10), NORM, 4, seed=0, dsa_strategy="none", repeat=True)
   assert len(list(ds.take(7))) == 7
+
+
+def test_arrays_give_every_epoch_a_new_permutation_repeated_or_not():
+  """Arrays: each epoch is n // batch batches of distinct rows of a fresh permutation, whether the epochs
+  come from iterating the dataset again or from repeat."""
+  def row_ids(batches):
+    return [np.round(NORM.invert(x)[:, 0, 0, 0].numpy() * 255).astype(int).tolist() for x, _ in batches]
+  once = pipeline.train_pipeline(_raw(), NORM, 8, seed=4, dsa_strategy="none")
+  again = [sum(row_ids(once), []) for _ in range(3)]
+  repeated = sum(row_ids(pipeline.train_pipeline(_raw(), NORM, 8, seed=4, dsa_strategy="none",
+                                                 repeat=True).take(12)), [])
+  repeated = [repeated[i * 32:(i + 1) * 32] for i in range(3)]
+  for epochs in (again, repeated):
+    for ids in epochs:
+      assert len(ids) == 32 and len(set(ids)) == 32 and set(ids) <= set(range(37))
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+  with pytest.raises(ValueError, match="batch_size=40 exceeds the 37 examples"):
+    pipeline.train_pipeline(_raw(), NORM, 40, seed=0)
 
 
 def test_eval_pipeline_keeps_remainder():

@@ -57,6 +57,19 @@ def test_in_process(tmp_path):
     labels = [y for _, batch in ds for y in batch.numpy().tolist()]
     # Each worker batches its share of the epoch and drops its own partial batch.
     assert len(set(labels)) == len(labels) >= 24 - 2 * 3 and set(labels) <= set(range(24))
+    arrays = (images, np.arange(24))
+    served = pipeline.train_pipeline(arrays, norm, 4, seed=0, data_service=address, repeat=True,
+                                     job_name="arrays")
+    local = pipeline.train_pipeline(arrays, norm, 4, seed=0, repeat=True)
+    # In-memory arrays: the workers share out batch indices: two workers send local batches, none twice
+    # (in the order they come: a worker may run a few batches ahead).
+    served_batches = [b.numpy().tolist() for _, b in served.take(12)]
+    local_batches = [b.numpy().tolist() for _, b in local.take(40)]
+    assert all(b in local_batches for b in served_batches)
+    assert len({tuple(b) for b in served_batches}) == 12
+    assert sorted(y for _, b in local.take(6) for y in b.numpy().tolist()) == list(range(24))
+    with pytest.raises(ValueError, match="repeat=True only"):
+      pipeline.train_pipeline(arrays, norm, 4, seed=0, data_service=address)
     ds = pipeline.train_pipeline(raw, norm, 4, seed=0, data_service=address, repeat=True, job_name="rep")
     assert all(x.shape == (4, 4, 4, 1) for x, _ in ds.take(15))  # more than one epoch, full batches
     assert os.listdir(tmp_path / "journal")  # fault-tolerant journal written

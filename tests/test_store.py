@@ -29,6 +29,8 @@ def test_manifest_round_trips_and_reads_the_stores_written_before_the_rename(tmp
   old = {**on_disk, "augment_strategy": on_disk.pop("dsa_strategy")}
   assert store_lib.Manifest.from_dict(old, "m.json").dsa_strategy == "flip"
   assert store.manifest.model_spec == {"name": "convnet", "width": 4}
+  before = {k: v for k, v in on_disk.items() if k != "precision"}  # stores before --precision: float32
+  assert store_lib.Manifest.from_dict(before, "m.json").precision == "float32"
 
 
 def test_manifest_refuses_other_files_and_missing_fields(tmp_path):

@@ -55,6 +55,9 @@ flags.DEFINE_float("lr_teacher", 0.01, "Expert SGD learning rate (momentum 0, no
                    lower_bound=0.0)
 flags.DEFINE_integer("batch_train", 256, "Expert batch size.", lower_bound=1)
 flags.DEFINE_string("dsa_strategy", augment.STRATEGY, "DSA families joined by '_', or 'none'.")
+flags.DEFINE_enum("precision", "float32", list(models.PRECISIONS), "The experts' layers: float32, or "
+                  "bfloat16 (mixed precision: variables, gradients, updates and the stored trajectory stay "
+                  "float32).")
 flags.DEFINE_enum("strategy", "none", sorted(multi_worker.STRATEGIES),
                   "'none': train here. 'multi_worker': MultiWorkerMirroredStrategy over the cluster in the "
                   "TF_CONFIG environment variable; every worker runs the same command (its own TF_CONFIG "
@@ -97,6 +100,7 @@ def config_from_flags():
       dsa_strategy=FLAGS.dsa_strategy, seed=FLAGS.seed, data_service=FLAGS.data_service,
       max_train_examples=FLAGS.max_train_examples, max_test_examples=FLAGS.max_test_examples,
       validation_size=FLAGS.validation_size, verbose=FLAGS.verbose, strategy=FLAGS.strategy,
+      precision=FLAGS.precision,
       **{name: FLAGS[name].value for name in sources.OPTIONS})
 
 

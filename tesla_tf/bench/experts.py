@@ -7,6 +7,7 @@ Measures, on the train set with the expert recipe (batch 256, DSA, SGD lr 0.01):
   3. an expert trained for `epochs` epochs with `experts.train_expert` (local input): test accuracy per
      epoch and steps/s of the whole fit (input + step + per-epoch test evaluation);
   4. the same expert recipe for `service_epochs` epochs reading through the tf.data service.
+The machine's own conv and GEMM rates (bench/flops.machine_rates) are measured first, in the same process.
 Each result is printed as `key: value` when measured; all of them are written as json to `out`.
 """
 
@@ -25,6 +26,7 @@ import tensorflow as tf
 
 from tesla_tf import experts as experts_lib
 from tesla_tf import files
+from tesla_tf.bench import flops
 from tesla_tf.bench import process
 from tesla_tf.data import pipeline
 
@@ -41,6 +43,7 @@ class ExpertsBenchConfig:
     step_batches: steps timed for the train-step-only measurement.
     service_workers: tf.data service worker processes.
     max_train_examples: subset of the train set (None = all of it).
+    precision: how the expert's layers compute (experts.ExpertConfig.precision: float32 or bfloat16).
     data_dir: Fashion-MNIST IDX folder (None = the Debian location).
     out: json file for the results (None = print only).
   """
@@ -51,6 +54,7 @@ class ExpertsBenchConfig:
   step_batches: int = 30
   service_workers: int = 1
   max_train_examples: Optional[int] = None
+  precision: str = "float32"
   data_dir: Optional[str] = None
   out: Optional[str] = None
 
@@ -138,7 +142,7 @@ def run(config, command=None):
     expert_config = experts_lib.ExpertConfig(
         dataset="fashion_mnist", store_dir=store_dir, data_dir=config.data_dir,
         model_kwargs={"width": config.width}, epochs=config.epochs,
-        max_train_examples=config.max_train_examples, verbose=2)
+        max_train_examples=config.max_train_examples, precision=config.precision, verbose=2)
     _, data = experts_lib.open_store(expert_config)
     results["num_train"] = data.num_train
 
@@ -146,6 +150,8 @@ def run(config, command=None):
       results[key] = value
       print(f"{key}: {value}", flush=True)
 
+    report("precision", config.precision)
+    report("machine_rates_gflops", flops.machine_rates())
     report("pipeline_local_batches_per_s", round(pipeline_rate(data, expert_config, None,
                                                                 config.pipeline_batches), 2))
     report("train_step_only_steps_per_s", round(step_rate(data, expert_config, config.step_batches), 3))

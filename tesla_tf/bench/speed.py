@@ -21,14 +21,15 @@ real Fashion-MNIST expert trajectories (one expert trained with tesla_tf.experts
 expert_store), for several N, start epochs and seeds (a child process too).
 
 Results: <out_dir>/benchmark_results.json, and the generated section of <out_dir>/benchmarks.md (between
-the BEGIN/END GENERATED markers; the prose around it is kept) with <out_dir>/benchmark_memory.png
-(part "report").
+the BEGIN/END GENERATED markers; the prose around it is kept) with <out_dir>/benchmark_memory.png and
+<out_dir>/benchmark_rates.png (achieved GFLOP/s, every precision) (part "report").
 
 The parent imports no TensorFlow; the children do.
 """
 
 import dataclasses
 import os
+import statistics
 import sys
 import time
 from typing import Optional
@@ -557,8 +558,39 @@ def _plot(records, path, precision):
   plt.close(fig)
 
 
+def _plot_rates(records, path):
+  """Achieved GFLOP/s against N, a line per mode and precision, beside the median conv yardsticks."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  for precision, style in zip(PRECISIONS, ("-", "--")):
+    of_precision = [r for r in records if _key_value(r, "precision") == precision and r.get("gflops")]
+    for mode, marker, colour in zip(MODES, "o^s", ("C0", "C1", "C2")):
+      rs = sorted((r for r in of_precision if r["mode"] == mode), key=lambda r: r["steps"])
+      if rs:
+        ax.plot([r["steps"] for r in rs], [r["gflops"] for r in rs], marker=marker, color=colour, ls=style,
+                label=f"{mode} {precision}")
+  for key, label in (("conv_gflops", "float32"), ("conv_gflops_bf16", "bfloat16")):
+    rates = [r[key] for r in records if r.get(key)]
+    if rates:
+      ax.axhline(statistics.median(rates), color="grey", ls=":" if label == "float32" else "-.",
+                 label=f"3×3 conv yardstick, {label} (median)")
+  steps = sorted({r["steps"] for r in records if r.get("gflops")})
+  ax.set(title="achieved conv + matmul GFLOP/s per iteration", xlabel="N (syn_steps)", ylabel="GFLOP/s")
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(steps, [str(n) for n in steps])
+  ax.minorticks_off()
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def write_report(config, results):
-  """The generated section of <out_dir>/benchmarks.md and <out_dir>/benchmark_memory.png, from the
+  """The generated section of <out_dir>/benchmarks.md, <out_dir>/benchmark_memory.png and
+  <out_dir>/benchmark_rates.png (the records of every precision that have a FLOP rate), from the
   speed records of config.tag and config.precision and the fidelity record of `results`."""
   records = [r for r in results["records"] if r.get("part") == "speed"
              and (_key_value(r, "tag"), _key_value(r, "precision")) == (config.tag, config.precision)]
@@ -566,11 +598,17 @@ def write_report(config, results):
   png = os.path.join(config.out_dir, "benchmark_memory.png")
   if records:
     _plot(records, png, config.precision)
+  rates_png = os.path.join(config.out_dir, "benchmark_rates.png")
+  rated = [r for r in results["records"] if r.get("part") == "speed" and r.get("gflops")
+           and _key_value(r, "tag") == config.tag]  # every precision
+  if rated:
+    _plot_rates(rated, rates_png)
   lines = ["", f"Generated {time.strftime('%Y-%m-%d %H:%M')} from "
            f"`{os.path.relpath(config.results_path, REPO)}`.",
            "", "### Speed and memory", ""] + _speed_rows(records) + [
            "", "### Targets", ""] + _targets(records) + [
-           "", f"![memory and time vs N]({os.path.basename(png)})", ""] + _variant_rows(results) + [
+           "", f"![memory and time vs N]({os.path.basename(png)})", ""] + (
+           [f"![achieved GFLOP/s vs N]({os.path.basename(rates_png)})", ""] if rated else []) + _variant_rows(results) + [
            "",
            "### tesla vs exact image gradients on a real expert (Fashion-MNIST)", ""] + _fidelity_rows(fidelity) + [
            "", ""]

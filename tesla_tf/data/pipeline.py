@@ -3,6 +3,10 @@
 Train: shuffle (seeded, reshuffled every epoch) → [repeat] → batch (drop remainder: static shapes) →
 preprocess (normalise or ZCA, on whole batches) → DSA with one stateless seed per batch →
 [tf.data service] → prefetch. Eval: batch (remainder kept) → preprocess → prefetch.
+Arrays held in memory skip the shuffle buffer: each epoch is one seeded permutation of the row indices,
+and whole batches of rows are gathered, so an element of the source is a batch, not an example — what
+the tf.data service splits in "distributed_epoch" mode (a request per example cost 5–10× the time,
+docs/experts_benchmark.md).
 
 Augmentation seeds come from `tf.data.Dataset.random(seed)`, re-randomised each epoch: two pipelines
 built with the same seed yield the same batches epoch after epoch, and no two epochs share seeds.
@@ -30,13 +34,44 @@ def _preprocess_fn(preprocessor):
   return lambda x, y: (preprocessor.apply(x), tf.cast(y, tf.int32))
 
 
+def _gathered_batches(arrays, batch_size, seed, repeat):
+  """Batches of rows of in-memory (images, labels), each epoch a permutation of the rows cut into
+  n // batch_size batches of row indices, each gathered.
+
+  repeat: the source is the global batch index k (splittable: the tf.data service hands each worker
+  batch indices), epoch k // per_epoch permuted by the stateless seed (seed, epoch). Once: one epoch
+  whose permutation seed is drawn anew for every iteration of the dataset (a new epoch each time).
+  """
+  images, labels = (tf.convert_to_tensor(a) for a in arrays)  # tensors: captured, not copied
+  n = int(labels.shape[0])
+  per_epoch = n // batch_size
+  if per_epoch == 0:
+    raise ValueError(f"batch_size={batch_size} exceeds the {n} examples.")
+
+  def rows(epoch_seed):
+    return tf.reshape(tf.random.experimental.stateless_shuffle(tf.range(n), seed=epoch_seed)
+                      [:per_epoch * batch_size], [per_epoch, batch_size])
+
+  if repeat:
+    batch_rows = tf.data.Dataset.range(2 ** 62).map(
+        lambda k: rows(tf.stack([tf.constant(seed, tf.int64), k // per_epoch]))[k % per_epoch],
+        num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    epoch_seed = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2).take(1)
+    batch_rows = epoch_seed.flat_map(lambda s: tf.data.Dataset.from_tensor_slices(rows(s)))
+  return batch_rows.map(lambda r: (tf.gather(images, r), tf.gather(labels, r)),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def train_pipeline(ds, preprocessor, batch_size, *, seed, dsa_strategy=augment.STRATEGY,
                    shuffle_buffer=None, repeat=False, data_service=None, job_name=None,
                    processing_mode="distributed_epoch"):
   """Builds the training input pipeline.
 
   Args:
-    ds: dataset of (uint8 or [0, 1] float image [h, w, c] with static shape, integer label []).
+    ds: dataset of (uint8 or [0, 1] float image [h, w, c] with static shape, integer label []), or a
+      pair of arrays or tensors (images [n, h, w, c], labels [n]) held in memory (gathered by batch; the
+      shuffle is a full permutation, `shuffle_buffer` does not apply; through the service: `repeat`).
     preprocessor: a preprocess.Preprocessor (pixels → model space).
     batch_size: examples per batch; the last partial batch of an epoch is dropped.
     seed: integer seed of the shuffle and of the augmentation seeds.
@@ -59,10 +94,15 @@ def train_pipeline(ds, preprocessor, batch_size, *, seed, dsa_strategy=augment.S
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
   shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-  ds = ds.shuffle(_shuffle_buffer(ds, shuffle_buffer), seed=shuffle_seed, reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
-  ds = ds.batch(batch_size, drop_remainder=True)
+  if isinstance(ds, tuple):
+    if data_service is not None and not repeat:  # its one epoch seed would be drawn on every worker
+      raise ValueError("In-memory arrays go through the tf.data service with repeat=True only.")
+    ds = _gathered_batches(ds, batch_size, shuffle_seed, repeat)
+  else:
+    ds = ds.shuffle(_shuffle_buffer(ds, shuffle_buffer), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+      ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.map(_preprocess_fn(preprocessor), num_parallel_calls=tf.data.AUTOTUNE)
   if dsa_strategy != "none":
     seeds = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True).batch(2)
