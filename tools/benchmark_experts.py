@@ -10,7 +10,7 @@ import dataclasses
 from absl import app
 from absl import flags
 
-from tesla_tf import cli
+from tesla_tf import cli, models
 from tesla_tf.bench import experts
 
 _D = experts.ExpertsBenchConfig()
@@ -25,7 +25,7 @@ flags.DEFINE_integer("step_batches", _D.step_batches, "Steps timed for the train
 flags.DEFINE_integer("service_workers", _D.service_workers, "tf.data service worker processes.", lower_bound=1)
 flags.DEFINE_integer("max_train_examples", _D.max_train_examples, "Subset of the train set (default: all "
                      "60,000).")
-flags.DEFINE_enum("precision", _D.precision, ["float32", "bfloat16"], "The expert's layers (--precision of "
+flags.DEFINE_enum("precision", _D.precision, list(models.PRECISIONS), "The expert's layers (--precision of "
                   "tools/train_experts.py).")
 flags.DEFINE_string("data_dir", _D.data_dir, "Fashion-MNIST IDX folder (default: the Debian location).")
 flags.DEFINE_string("out", _D.out, "json file for the results.")

@@ -522,10 +522,30 @@ def _variant_rows(results):
   return lines + [""]
 
 
-def _plot(records, path, precision):
+def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _style_n_axis(ax, steps, legend_size):
+  """N on a log2 axis ticked at the measured N, grid, legend."""
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(steps, [str(n) for n in steps])
+  ax.minorticks_off()
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=legend_size)
+
+
+def _save(fig, path):
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  _pyplot().close(fig)
+
+
+def _plot(records, path, precision):
+  plt = _pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   all_steps = sorted({r["steps"] for r in records})
   for mode, marker, colour in zip(MODES, "o^s", ("C0", "C1", "C2")):
@@ -546,23 +566,15 @@ def _plot(records, path, precision):
   axes[2].set(title="time per outer iteration (CPU = user+sys, 2 threads)", xlabel="N (syn_steps)",
               ylabel="s", yscale="log")
   for ax in axes:
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(all_steps, [str(s) for s in all_steps])
-    ax.minorticks_off()
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _style_n_axis(ax, all_steps, legend_size=8)
   fig.suptitle(f"ConvNet-3 (320,010 params), 32×32×3, batch_syn 100, DSA, {precision} — TF 2.21 CPU, "
                "2 cores")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def _plot_rates(records, path):
   """Achieved GFLOP/s against N, a line per mode and precision, beside the median conv yardsticks."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   for precision, style in zip(PRECISIONS, ("-", "--")):
     of_precision = [r for r in records if _key_value(r, "precision") == precision and r.get("gflops")]
@@ -578,14 +590,8 @@ def _plot_rates(records, path):
                  label=f"3×3 conv yardstick, {label} (median)")
   steps = sorted({r["steps"] for r in records if r.get("gflops")})
   ax.set(title="achieved conv + matmul GFLOP/s per iteration", xlabel="N (syn_steps)", ylabel="GFLOP/s")
-  ax.set_xscale("log", base=2)
-  ax.set_xticks(steps, [str(n) for n in steps])
-  ax.minorticks_off()
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _style_n_axis(ax, steps, legend_size=7)
+  _save(fig, path)
 
 
 def write_report(config, results):
