@@ -63,6 +63,8 @@ class EvalConfig:
     test_batch_size: batch size of the test pass.
     log_every: log a progress line every this many epochs.
     model_kwargs: per-architecture builder options, {name: {option: value}}, overriding the set's own.
+    precision: the networks' layers, a key of models.PRECISIONS ("bfloat16": float32 parameters,
+      gradients, SGD and loss; bfloat16 convolutions and activations).
   """
   models: tuple = ()
   num_eval: int = 5
@@ -80,6 +82,7 @@ class EvalConfig:
   test_batch_size: int = 500
   log_every: int = 100
   model_kwargs: Mapping = dataclasses.field(default_factory=dict)
+  precision: str = "float32"
 
   def __post_init__(self):
     for name in ("num_eval", "epochs", "batch_size", "test_batch_size", "log_every"):
@@ -88,6 +91,9 @@ class EvalConfig:
     if self.lr is not None and not self.lr > 0:
       raise errors.UsageError(f"EvalConfig.lr must be > 0 (or None for the learned α), got {self.lr}.")
     augment.parse_strategy(self.dsa_strategy)
+    if self.precision not in models.PRECISIONS:
+      raise errors.UsageError(f"EvalConfig.precision (--precision) must be one of {tuple(models.PRECISIONS)}, "
+                              f"got {self.precision!r}.")
     for name in self.models:
       if name.lower() not in models.ARCHITECTURES:
         raise errors.UsageError(f"Unknown model {name!r}; expected one of {sorted(models.ARCHITECTURES)}.")
@@ -120,7 +126,8 @@ class Trainer:
   def __init__(self, model_name, model_kwargs, num_classes, image_shape, num_train, config, jit_compile=False):
     """jit_compile: compile each epoch with XLA (tools/benchmark_jit.py measures it; off by default)."""
     self.config = config
-    self.model = models.build(model_name, num_classes, tuple(image_shape), seed=0, **model_kwargs)
+    self.model = models.build(model_name, num_classes, tuple(image_shape), seed=0,
+                              precision=config.precision, **model_kwargs)
     self.flat = models.FlatModel(self.model)
     self.variables = self.model.trainable_variables
     self.buffers = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in self.variables]
@@ -160,7 +167,7 @@ class Trainer:
         step_seed = tf.random.experimental.stateless_fold_in(aug_seed, tf.cast(i, tf.int64))
         x = augment.apply(x, augment.sample(cfg.dsa_strategy, [b, *self.image_shape], step_seed))
       with tf.GradientTape() as tape:
-        logits = self.model(x, training=True)
+        logits = tf.cast(self.model(x, training=True), tf.float32)  # a bfloat16 model's too
         # Masked rows weigh 0; rescaling keeps the mean over the real rows of a padded batch.
         loss = models.soft_cross_entropy(y * w[:, None], logits) * (b / tf.reduce_sum(w))
       grads = tape.gradient(loss, self.variables)

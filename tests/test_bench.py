@@ -339,9 +339,10 @@ def test_service_processes_serve_from_the_checkout():
 def test_jit_benchmark_tool_runs(tmp_path):
   out = tmp_path / "jit.json"
   done = _tool("benchmark_jit.py", "--width=8", "--expert_epochs=0", "--eval_sizes=4", "--eval_epochs=1",
-               f"--out={out}")
+               "--precision=bfloat16", f"--out={out}")
   assert done.returncode == 0, done.stderr
   results = json.loads(out.read_text())
+  assert results["precision"] == "bfloat16"
   assert set(results["evaluation"]) == {"n=4 jit_compile=False", "n=4 jit_compile=True"}
   assert all(s > 0 for s in results["evaluation"].values()) and results["expert"] == {}
   assert "evaluation n=4 jit_compile=True: " in done.stdout

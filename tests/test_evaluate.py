@@ -13,6 +13,7 @@ from tesla_tf import models
 from tesla_tf import evaluate
 from tesla_tf.data import distilled
 from tesla_tf.data.distilled import DistilledSet
+from tests.helpers import rel_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)
@@ -106,6 +107,25 @@ def test_trainer_two_steps_equal_numpy_sgd():
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-6)
     theta = got.astype(np.float64)
   assert trainer.trace_count == 1
+
+
+def test_bfloat16_trainer_steps_like_the_float32_one():
+  """precision="bfloat16": the layers compute in bfloat16, θ and the loss stay float32, and two SGD
+  epochs from one seed land close to (not on) the float32 network's θ."""
+  s, thetas = _set(), {}
+  for precision in ("float32", "bfloat16"):
+    config = evaluate.EvalConfig(epochs=2, dsa_strategy="none", precision=precision)
+    trainer = evaluate.Trainer("convnet", {"width": 8, "depth": 1}, 2, SHAPE, 6, config)
+    trainer.reset(seed=3)
+    start = trainer.flat.get_flat().numpy()
+    for epoch in range(2):
+      loss, _ = trainer.train_epoch(tf.constant(s.images), tf.constant(s.labels), epoch, 3, 0.1)
+    thetas[precision] = trainer.flat.get_flat().numpy() - start
+    assert trainer.flat.get_flat().dtype == tf.float32 and np.isfinite(loss)
+  assert {layer.compute_dtype for layer in trainer.model.layers[1:]} == {"bfloat16"}
+  assert 0 < rel_error(thetas["bfloat16"], thetas["float32"]) < 0.05
+  with pytest.raises(ValueError, match="precision"):
+    evaluate.EvalConfig(precision="float16")
 
 
 def test_padded_last_batch_averages_over_real_rows():

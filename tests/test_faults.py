@@ -285,10 +285,11 @@ def exported(tmp_path_factory):
 
 
 def test_the_tools_report_bad_input_in_one_line(store_dir, tmp_path, exported):
+  """Each tool, and each way a tool fails (a project error after parsing: exit 1, a usage error: 2, an
+  absl flag validator, a flagfile refused before absl), once; further library errors are checked in
+  process below (test_library_errors_name_the_flag_or_file), their line made by the same cli.guarded."""
   distill = [f"--store_dir={store_dir}", "--ipc=2", "--syn_steps=2", "--expert_epochs=2", "--max_start_epoch=2",
              "--iterations=1", "--labels=hard"]
-  busy = tmp_path / "busy"
-  busy.mkdir()
   other = str(tmp_path / "other_store")
   make_store(other, "fashion_mnist", width=16)
 
@@ -298,19 +299,14 @@ def test_the_tools_report_bad_input_in_one_line(store_dir, tmp_path, exported):
   cases = {
       "missing store": (("distill", *distill, f"--store_dir={tmp_path}/nowhere", run_dir("a")), 1,
                         r"No trajectory store at .*nowhere: .*manifest.json is missing"),
-      "missing data_dir": (("distill", *distill, f"--data_dir={tmp_path}/absent", run_dir("c")), 1,
-                           r"absent.*does not exist"),
       "batch_syn": (("distill", *distill, "--batch_syn=50", run_dir("e")), 2,
                     r"--batch_syn=50 exceeds the 20 synthetic images"),
       "eval_models": (("distill", *distill, "--eval_models=convnet,resnet99", run_dir("g")), 1,
                       r"--eval_models: unknown architecture 'resnet99'; choose from .*convnet"),
-      "other dataset": (("distill", *distill, "--dataset=mnist", run_dir("h")), 1,
-                        r"holds experts of 'fashion_mnist', not of --dataset='mnist'"),
       "store of other settings": (("train_experts", "--dataset=fashion_mnist", f"--store_dir={other}",
                                    "--width=8", "--train_epochs=4", "--num_experts=1",
                                    "--max_train_examples=300", "--validation_size=0"), 1,
                                   r"was made for other settings \(.*model_kwargs: store has \{\"width\": 16\}"),
-      "busy run_dir": (("distill", *distill, f"--run_dir={busy}"), 1, r"is in use by pid \d+"),
       "truncated shard": (("evaluate", f"--distilled_dir={exported['truncated'][0]}", "--epochs=1"), 1,
                           re.escape(exported["truncated"][1]) + " is truncated or damaged"),
       "corrupted shard": (("export", f"--source={exported['corrupted'][0]}", f"--out_dir={tmp_path}/x"), 1,
@@ -319,10 +315,9 @@ def test_the_tools_report_bad_input_in_one_line(store_dir, tmp_path, exported):
   comment = tmp_path / "comment.cfg"
   comment.write_text(f"--store_dir={store_dir}\n--run_dir=runs/a  # my run\n")
   cases["flagfile comment"] = (("distill", f"--flagfile={comment}"), 2, r"comment.cfg:2: .*own line")
-  with run_dir_lib.Lock(str(busy)):
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      results = {name: pool.submit(tool, *args) for name, (args, _, _) in cases.items()}
-      results = {name: future.result() for name, future in results.items()}
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = {name: pool.submit(tool, *args) for name, (args, _, _) in cases.items()}
+    results = {name: future.result() for name, future in results.items()}
   failed = []
   for name, (_, code, pattern) in cases.items():
     try:
@@ -333,14 +328,36 @@ def test_the_tools_report_bad_input_in_one_line(store_dir, tmp_path, exported):
   assert not os.path.exists("runs/a  # my run")
 
 
-def test_an_empty_store_and_a_data_dir_without_the_data_are_named(store_dir, tmp_path):
-  """The same errors as the tool cases above (one line through cli.run), raised in this process."""
+def test_library_errors_name_the_flag_or_file(store_dir, tmp_path):
+  """Project errors raised in this process (a tool prints each as its one line through cli.guarded)."""
   (tmp_path / "empty_store").mkdir()
   (tmp_path / "no_data").mkdir()
   with pytest.raises(errors.TeslaError, match=r"No trajectory store at .*empty_store"):
     loop.distill(small_config(str(tmp_path / "empty_store"), str(tmp_path / "a"), iterations=1))
   with pytest.raises(errors.TeslaError, match=r"no_data"):
     loop.distill(small_config(store_dir, str(tmp_path / "b"), iterations=1, data_dir=str(tmp_path / "no_data")))
+  with pytest.raises(errors.TeslaError, match=r"absent.*does not exist"):
+    loop.distill(small_config(store_dir, str(tmp_path / "c"), iterations=1, data_dir=str(tmp_path / "absent")))
+  with pytest.raises(errors.TeslaError, match=r"holds experts of 'fashion_mnist', not of --dataset='mnist'"):
+    loop.distill(small_config(store_dir, str(tmp_path / "d"), iterations=1, dataset="mnist"))
+
+
+def test_guarded_main_turns_project_errors_into_one_fatal_line(capsys):
+  """cli.guarded: a TeslaError exits 1, a usage error 2, each as one FATAL line without traceback;
+  any other exception is a bug and keeps its traceback (propagates)."""
+  def failing(error):
+    def main(argv):
+      raise error
+    return cli.guarded(main)
+
+  for error, code in ((errors.TeslaError("--store_dir=/x: no store"), 1),
+                      (errors.UsageError("--batch_syn=50 exceeds 20"), 2)):
+    with pytest.raises(SystemExit) as exited:
+      failing(error)([])
+    assert exited.value.code == code
+    assert capsys.readouterr().err == f"FATAL {error}\n"
+  with pytest.raises(KeyError):
+    failing(KeyError("bug"))([])
 
 
 # -- more hostile cases (closing note of issue 13) --------------------------------------------------

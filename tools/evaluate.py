@@ -39,6 +39,8 @@ flags.DEFINE_bool("baseline", True, "Also evaluate a random real subset of the s
 flags.DEFINE_integer("eval_test_every", 0, "Also record test accuracy every this many epochs (0 = final only).",
                      lower_bound=0)
 flags.DEFINE_integer("seed", 0, "First seed (weights, batch order, augmentation, baseline subset).")
+flags.DEFINE_enum("precision", "float32", list(models.PRECISIONS), "The networks' layers: float32, or "
+                  "bfloat16 (float32 parameters, gradients and SGD; bfloat16 convolutions and activations).")
 FLAGS = flags.FLAGS
 
 
@@ -67,7 +69,7 @@ def main(argv):
       models=tuple(FLAGS.models), num_eval=FLAGS.num_eval, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
       momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, dsa_strategy=FLAGS.dsa_strategy,
       seed=FLAGS.seed, lr=FLAGS.lr, data_dir=FLAGS.data_dir, baseline=FLAGS.baseline,
-      eval_test_every=FLAGS.eval_test_every, log_every=max(1, FLAGS.epochs // 10))
+      eval_test_every=FLAGS.eval_test_every, log_every=max(1, FLAGS.epochs // 10), precision=FLAGS.precision)
   results = evaluate.evaluate_path(source, config, out_path=out, logdir=logdir)
   print(evaluate.format_summary(results))
   print(f"Results: {out}")

@@ -33,6 +33,8 @@ class JitConfig:
     max_train_examples: expert train subset (None = all of the train set minus validation).
     eval_sizes: distilled-set sizes n of the evaluation epochs.
     eval_epochs: timed evaluation epochs per variant.
+    precision: the expert's and the evaluation networks' layers (a key of models.PRECISIONS).
+    jit_compile: the variants measured, in order (False = plain tf.function, True = XLA).
     out: json file for the results (None = print only).
   """
   width: int = 32
@@ -40,17 +42,21 @@ class JitConfig:
   max_train_examples: Optional[int] = None
   eval_sizes: tuple = (10, 100)
   eval_epochs: int = 50
+  precision: str = "float32"
+  jit_compile: tuple = (False, True)
   out: Optional[str] = None
 
   def __post_init__(self):
     object.__setattr__(self, "eval_sizes", bench.int_tuple(self.eval_sizes, "eval_sizes"))
+    object.__setattr__(self, "jit_compile", tuple(bool(v) for v in self.jit_compile))
 
 
 def expert_seconds(config, jit, store_dir):
   """Seconds of every epoch of one expert trained with the recipe (experts.TrainStep), jit_compile=jit."""
   expert_config = experts.ExpertConfig(dataset="fashion_mnist", store_dir=store_dir,
                                        model_kwargs={"width": config.width}, epochs=config.expert_epochs,
-                                       max_train_examples=config.max_train_examples)
+                                       max_train_examples=config.max_train_examples,
+                                       precision=config.precision)
   _, data = experts.open_store(expert_config)
   train = pipeline.train_pipeline(data.train, data.preprocessor, expert_config.batch_size, seed=0)
   step = experts.TrainStep(experts.build_expert(expert_config, 0), learning_rate=expert_config.lr_teacher,
@@ -64,8 +70,8 @@ def expert_seconds(config, jit, store_dir):
 
 
 def _trainer(config, n, jit):
-  return evaluate.Trainer("convnet", {"width": config.width}, 10, (28, 28, 1), n, evaluate.EvalConfig(),
-                          jit_compile=jit)
+  return evaluate.Trainer("convnet", {"width": config.width}, 10, (28, 28, 1), n,
+                          evaluate.EvalConfig(precision=config.precision), jit_compile=jit)
 
 
 def eval_seconds(config, jit, n):
@@ -83,8 +89,8 @@ def eval_seconds(config, jit, n):
 
 def run(config):
   """Both variants of every measurement, printed as measured; writes config.out; returns the results."""
-  results = {"width": config.width, "expert": {}, "evaluation": {}}
-  for jit in (False, True):
+  results = {"width": config.width, "precision": config.precision, "expert": {}, "evaluation": {}}
+  for jit in config.jit_compile:
     if config.expert_epochs:
       with tempfile.TemporaryDirectory() as store_dir:
         seconds = expert_seconds(config, jit, store_dir)
