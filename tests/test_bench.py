@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tesla_tf import augment, models
+from tesla_tf import augment, errors, models
 from tesla_tf.bench import experts as bench_experts
 from tesla_tf.bench import flops, jit, process, scaling, speed
 from tesla_tf.data import service
@@ -366,6 +366,10 @@ def test_configs_keep_the_flag_defaults():
   assert speed.SpeedConfig(syn_steps=["10", "5"]).syn_steps == (10, 5)
   with pytest.raises(ValueError, match="--eval_sizes"):
     jit.JitConfig(eval_sizes=("a",))
+  assert jit.JitConfig(jit_compile=[True]).jit_compile == (True,)
+  for bad in (("false",), (0,), ()):  # a string is truthy: it must not pass as True
+    with pytest.raises(errors.UsageError, match="--jit_compile"):
+      jit.JitConfig(jit_compile=bad)
 
 
 def test_child_main_prints_one_record(capsys):

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tesla_tf import bench
+from tesla_tf import errors
 from tesla_tf import evaluate
 from tesla_tf import experts
 from tesla_tf import files
@@ -48,7 +49,9 @@ class JitConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "eval_sizes", bench.int_tuple(self.eval_sizes, "eval_sizes"))
-    object.__setattr__(self, "jit_compile", tuple(bool(v) for v in self.jit_compile))
+    object.__setattr__(self, "jit_compile", tuple(self.jit_compile))
+    if not self.jit_compile or not all(isinstance(v, bool) for v in self.jit_compile):
+      raise errors.UsageError(f"--jit_compile: expected some of false, true; got {self.jit_compile!r}.")
 
 
 def expert_seconds(config, jit, store_dir):
