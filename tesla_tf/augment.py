@@ -164,6 +164,7 @@ def _family_values(name, seed, b, h, w):
   return {"affine": tf.reshape(tf.stack([cos, -sin, zero, sin, cos, zero], axis=1), [b, 2, 3])}
 
 
+@tf.autograph.experimental.do_not_convert  # written for graphs as it is: tf.data maps need no AutoGraph pass
 def sample(kind_or_strategy, batch_shape, seed):
   """Draws the parameters of one augmentation call (single mode: one family for the whole batch).
 
@@ -237,6 +238,7 @@ def _cutout_mask(box, h, w, dtype):
   return tf.cast(~hole, dtype)[..., None]
 
 
+@tf.autograph.experimental.do_not_convert
 def apply(images, params):
   """Applies sampled augmentation params: colour, then affine resampling, then cutout.
 
@@ -253,6 +255,7 @@ def apply(images, params):
   return x * _cutout_mask(params["cutout"], images.shape[1], images.shape[2], images.dtype)
 
 
+@tf.autograph.experimental.do_not_convert
 def sample_steps(strategy, num_steps, batch_shape, seed):
   """DSA parameters of `num_steps` student steps, stacked on a leading [N] axis (one fresh draw per step)."""
   seeds = tf.random.experimental.stateless_split(seed, num_steps)

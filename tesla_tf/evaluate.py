@@ -136,10 +136,10 @@ class Trainer:
     self.steps = math.ceil(self.num_train / self.batch)
     self.image_shape = tuple(image_shape)
     self.trace_count = 0
-    self._epoch = tf.function(self._epoch_fn, jit_compile=jit_compile)
+    self._epoch = tf.function(self._epoch_fn, jit_compile=jit_compile, autograph=False)
     self._predict = tf.function(
         lambda x: tf.argmax(self.model(x, training=False), axis=-1, output_type=tf.int32),
-        input_signature=[tf.TensorSpec([None, *self.image_shape], tf.float32)])
+        input_signature=[tf.TensorSpec([None, *self.image_shape], tf.float32)], autograph=False)
 
   def reset(self, seed):
     """Fresh PyTorch-style weights from `seed` and zero momentum."""
@@ -159,9 +159,9 @@ class Trainer:
     pad = steps * b - n
     order = tf.reshape(tf.concat([order, tf.zeros([pad], tf.int32)], 0), [steps, b])
     mask = tf.reshape(tf.concat([tf.ones([n]), tf.zeros([pad])], 0), [steps, b])
-    loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
     cfg = self.config
-    for i in tf.range(steps):
+
+    def minibatch(i, loss_sum, correct):
       x, y, w = tf.gather(images, order[i]), tf.gather(labels, order[i]), mask[i]
       if cfg.dsa_strategy != "none":
         step_seed = tf.random.experimental.stateless_fold_in(aug_seed, tf.cast(i, tf.int64))
@@ -175,9 +175,11 @@ class Trainer:
         new_var, new_buf = sgd_momentum(var.value, grad, buf, lr, cfg.momentum, cfg.weight_decay)
         buf.assign(new_buf)
         var.assign(new_var)
-      loss_sum += loss * tf.reduce_sum(w)
       hits = tf.equal(tf.argmax(logits, -1), tf.argmax(y, -1))
-      correct += tf.reduce_sum(tf.cast(hits, tf.float32) * w)
+      return i + 1, loss_sum + loss * tf.reduce_sum(w), correct + tf.reduce_sum(tf.cast(hits, tf.float32) * w)
+
+    _, loss_sum, correct = tf.while_loop(lambda i, *_: i < steps, minibatch,
+                                         (tf.constant(0), tf.constant(0.0), tf.constant(0.0)))
     return loss_sum / n, correct / n
 
   def train_epoch(self, images, labels, epoch, seed, lr):
@@ -422,15 +424,18 @@ def format_summary(results):
   settings = results.get("settings", {})
   lines = [f"{settings.get('dataset', '?')} IPC {settings.get('ipc', '?')}: final-epoch test accuracy %, "
            f"lr {settings.get('lr', float('nan')):.4g}",
-           f"{'model':<14}{'distilled':<26}random real subset"]
+           f"{'model':<14}{'distilled':<26}random real subset"
+           + {"baseline_labeler": " (teacher labels)", "one-hot": " (one-hot labels)"}.get(
+               settings.get("random_subset_labels"), "")]
   for arch, summary in results["distilled"].items():
     lines.append(f"{arch:<14}{cell(summary):<26}{cell((results.get('random_subset') or {}).get(arch))}")
   return "\n".join(lines)
 
 
-def evaluate_path(path, config, *, out_path=None, logdir=None):
+def evaluate_path(path, config, *, baseline_labeler=None, out_path=None, logdir=None):
   """Reads the set at `path` (an export directory or a run directory, distilled.load_any) with its
   preprocessor (needed for the real test set: ZCA matrices are not in the set's dict) and runs
   evaluate_distilled; the entry point of tools/evaluate.py."""
   distilled_set, prep = distilled.load_any(path)
-  return evaluate_distilled(distilled_set, config, preprocessor=prep, out_path=out_path, logdir=logdir)
+  return evaluate_distilled(distilled_set, config, preprocessor=prep, baseline_labeler=baseline_labeler,
+                            out_path=out_path, logdir=logdir)

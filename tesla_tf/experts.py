@@ -340,8 +340,8 @@ class TrainStep:
     self.learning_rate = float(learning_rate)
     self.global_batch_size = None if global_batch_size is None else int(global_batch_size)
     self._variables = list(model.trainable_variables)
-    self.train = tf.function(self._train, reduce_retracing=True, jit_compile=jit_compile)
-    self.evaluate = tf.function(self._evaluate, reduce_retracing=True, jit_compile=jit_compile)
+    self.train = tf.function(self._train, reduce_retracing=True, jit_compile=jit_compile, autograph=False)
+    self.evaluate = tf.function(self._evaluate, reduce_retracing=True, jit_compile=jit_compile, autograph=False)
 
   def _replica_train(self, images, labels):
     context = tf.distribute.get_replica_context()

@@ -51,10 +51,12 @@ def test_sample_per_class():
     class_index.sample_per_class(index, 100, seed=0)
 
 
-def test_take_positions():
+@pytest.mark.parametrize("block", [1024, 8, 1])  # one block; positions across blocks and a partial last one
+def test_take_positions(block, monkeypatch):
+  monkeypatch.setattr(class_index, "_TAKE_BLOCK", block)
   images, labels = _toy()
   ds = tf.data.Dataset.from_tensor_slices((images, labels))
-  positions = np.array([17, 3, 44, 3, 0])
+  positions = np.array([17, 3, 44, 3, 0, 7, 8, 49])
   x, y = class_index.take_positions(ds, positions)
   np.testing.assert_array_equal(x, images[positions])
   np.testing.assert_array_equal(y, labels[positions])

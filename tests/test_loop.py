@@ -79,6 +79,30 @@ def store_dir(tmp_path_factory):
   return path
 
 
+def test_a_recorded_run_labels_its_baseline_with_its_own_teacher(store_dir, tmp_path, caplog):
+  """tools/evaluate.py --run_dir draws the random subset's labels as the run's final evaluation did: the
+  softmax of expert 0 at epoch max_start_epoch − 1 + expert_epochs, with the run's temperature and mix."""
+  def record(run, store=store_dir, **kw):
+    config = small_config(store, str(run), **{"label_temperature": 2.0, "label_mix": 0.25, **kw})
+    run.mkdir()
+    run_dir_lib.write_record(str(run), {**dataclasses.asdict(config), "model": {"name": "convnet"}}, "")
+    return str(run)
+
+  labeler = loop.recorded_baseline_labeler(record(tmp_path / "teacher"))
+  images = np.random.default_rng(0).normal(size=(20, 28, 28, 1)).astype(np.float32)
+  store = store_lib.TrajectoryStore(store_dir)
+  fmodel = store.build_model()
+  theta = store.read(0, epochs=[2 - 1 + 2])[0]
+  hard = np.eye(10, dtype=np.float32)[np.repeat(np.arange(10), 2)]
+  expected = 0.75 * tf.nn.softmax(fmodel.apply(tf.constant(theta), images, training=False) / 2.0) + 0.25 * hard
+  np.testing.assert_allclose(labeler(images), expected, atol=1e-6)
+  assert loop.recorded_baseline_labeler(record(tmp_path / "hard", labels="hard",
+                                               label_temperature=1.0, label_mix=0.0)) is None
+  assert loop.recorded_baseline_labeler(str(tmp_path / "no_record")) is None
+  moved = record(tmp_path / "moved", store=str(tmp_path / "gone"))
+  assert loop.recorded_baseline_labeler(moved) is None and "one-hot labels" in caplog.text
+
+
 @pytest.mark.parametrize("labels", ["teacher", "learned"])
 def test_resume_equals_uninterrupted(store_dir, tmp_path, labels):
   tf.config.experimental.enable_op_determinism()

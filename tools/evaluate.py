@@ -4,7 +4,8 @@
   python tools/evaluate.py --distilled_dir=EXPORT_DIR --models=convnet,alexnet --num_eval=5
 
 Reports the final-epoch test accuracy (mean ± std over --num_eval fresh networks) of every model, and the
-same recipe on a random real subset of the same size. Results also go to TensorBoard (<run_dir>/tensorboard).
+same recipe on a random real subset of the same size (a run's soft-label set: labelled by the run's teacher,
+read from its --store_dir; an export's: one-hot). Results also go to TensorBoard (<run_dir>/tensorboard).
 """
 
 import os
@@ -16,6 +17,7 @@ from tesla_tf import cli
 from tesla_tf import augment
 from tesla_tf import evaluate
 from tesla_tf import models
+from tesla_tf.distill import loop
 
 # io
 flags.DEFINE_string("run_dir", "", "Run directory: reads <run_dir>/distilled, writes <run_dir>/eval.json and "
@@ -70,7 +72,10 @@ def main(argv):
       momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, dsa_strategy=FLAGS.dsa_strategy,
       seed=FLAGS.seed, lr=FLAGS.lr, data_dir=FLAGS.data_dir, baseline=FLAGS.baseline,
       eval_test_every=FLAGS.eval_test_every, log_every=max(1, FLAGS.epochs // 10), precision=FLAGS.precision)
-  results = evaluate.evaluate_path(source, config, out_path=out, logdir=logdir)
+  # A run's soft-label set is measured beside a random subset labelled by the run's own teacher, as the
+  # run's final evaluation did; an export carries no teacher, so its baseline is one-hot.
+  labeler = loop.recorded_baseline_labeler(FLAGS.run_dir) if FLAGS.run_dir and FLAGS.baseline else None
+  results = evaluate.evaluate_path(source, config, baseline_labeler=labeler, out_path=out, logdir=logdir)
   print(evaluate.format_summary(results))
   print(f"Results: {out}")
 

@@ -27,6 +27,9 @@ ZCA_FILE = "zca.npz"
 _FIT_CHUNK = 4096
 
 
+# The preprocessors run in tf.data maps as written, without an AutoGraph pass (no tensor-dependent
+# Python control flow here).
+@tf.autograph.experimental.do_not_convert
 def to_float(x):
   """Returns x as a float tensor in [0, 1]: uint8 is divided by 255 (float32), floats pass through."""
   x = tf.convert_to_tensor(x)
@@ -85,6 +88,7 @@ class Normalize:
     del train_images, reg
     return cls(tuple(info.mean), tuple(info.std))
 
+  @tf.autograph.experimental.do_not_convert
   def apply(self, x):
     """Returns (x − mean) / std; x [..., h, w, c] uint8 or float in [0, 1]."""
     x = to_float(x)
@@ -188,6 +192,7 @@ class ZCA:
     if tuple(x.shape[-3:]) != self.image_shape:
       raise ValueError(f"ZCA fitted for images {self.image_shape}, got shape {tuple(x.shape)}.")
 
+  @tf.autograph.experimental.do_not_convert
   def apply(self, x):
     """Returns (x − μ) W reshaped back; x [..., h, w, c] uint8 or float in [0, 1]."""
     x = to_float(x)

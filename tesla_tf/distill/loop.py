@@ -118,17 +118,16 @@ class Distiller:
     self.iteration = tf.Variable(0, dtype=tf.int64, name="iteration")
     self.cycle = tf.Variable(0, dtype=tf.int64, name="expert_cycle")
     self.position = tf.Variable(0, dtype=tf.int64, name="expert_position")
-    self.step = tf.function(self._step, reduce_retracing=True)
+    # No AutoGraph: the step's loops are tf.while_loop already, and converting its source cost ~8 s of
+    # every process's first trace (the project's tf.functions all trace without it).
+    self.step = tf.function(self._step, reduce_retracing=True, autograph=False)
 
   @property
   def images(self):
     return self.synthetic.images.var
 
   def label_teacher(self):
-    """θ of the expert that labels the delivered set: the first expert at the latest target epoch
-    used in distillation (t + M with t = max_start_epoch − 1)."""
-    epoch = self.config.max_start_epoch - 1 + self.config.expert_epochs
-    return tf.constant(self.store.read(self.experts[0], epochs=[epoch])[0])
+    return label_teacher(self.config, self.store, self.experts)
 
   def checkpoint_entries(self):
     """{name: trackable}: everything a resumed run needs to continue exactly."""
@@ -199,14 +198,43 @@ class Distiller:
         class_names=list(self.store.manifest.class_names), data_options=self.store.manifest.data_options)
 
   def baseline_labeler(self):
-    """Labels for the random-subset baseline of the same kind as the set's (REFERENCE §10), or None."""
-    if self.config.labels == "hard":
-      return None
-    teacher = self.label_teacher()
-    return lambda images: labels_lib.teacher_labels(self.fmodel, teacher, tf.constant(images), self.hard,
-                                                    self.teacher_how)
+    return baseline_labeler(self.config, self.store, self.fmodel, self.experts)
 
 
+def label_teacher(config, store, experts):
+  """θ of the expert that labels the delivered set: the first of `experts` (the store's compatible ones)
+  at the latest target epoch used in distillation (t + M with t = max_start_epoch − 1)."""
+  epoch = config.max_start_epoch - 1 + config.expert_epochs
+  return tf.constant(store.read(experts[0], epochs=[epoch])[0])
+
+
+def baseline_labeler(config, store, fmodel, experts):
+  """Labels for the random-subset baseline of the same kind as the set's (REFERENCE §10): a function
+  images [n, h, w, c] -> [n, C] teacher rows, shaped as the delivered labels are; None for hard labels."""
+  if config.labels == "hard":
+    return None
+  teacher, how = label_teacher(config, store, experts), labels_lib.TeacherLabels(config.label_temperature,
+                                                                                 config.label_mix)
+  hard = labels_lib.hard_labels(store.manifest.num_classes, config.ipc)
+  return lambda images: labels_lib.teacher_labels(fmodel, teacher, tf.constant(images), hard, how)
+
+
+def recorded_baseline_labeler(run_dir):
+  """baseline_labeler of the run recorded in <run_dir>/config.json (its store, experts and label
+  settings), so that re-evaluating a run draws the same baseline as the run did; None for hard labels, a
+  directory without a record, or a store that no longer opens (warned: the baseline is then one-hot)."""
+  record = run_dir_lib.read_record(run_dir)
+  if record is None or record.get("labels", "hard") == "hard":
+    return None
+  fields = {f.name for f in dataclasses.fields(DistillConfig)}
+  config = DistillConfig(**{k: v for k, v in record.items() if k in fields})
+  try:
+    store = store_lib.TrajectoryStore(config.store_dir)
+    experts = store.compatible_with(config.dataset, config.max_start_epoch + config.expert_epochs)
+  except errors.TeslaError as e:
+    logging.warning("%s: the random subset gets one-hot labels, not the run's teacher labels (%s).", run_dir, e)
+    return None
+  return baseline_labeler(config, store, store.build_model(config.precision), experts)
 
 
 def _divergence(metrics, config, initial_rms):

@@ -198,8 +198,8 @@ def _two_passes(m, carry_adjoint, jit_compile=False):
   double_backward = lambda theta, x, y, aug, adj, share: m.double_backward(  # noqa: E731
       theta, x, y, aug, adj, carry_adjoint, share)
   if jit_compile:
-    sgd_step = tf.function(sgd_step, jit_compile=True)
-    double_backward = tf.function(double_backward, jit_compile=True)
+    sgd_step = tf.function(sgd_step, jit_compile=True, autograph=False)
+    double_backward = tf.function(double_backward, jit_compile=True, autograph=False)
   sgd_step, double_backward = m.rows.mean_of(sgd_step), m.rows.mean_of(double_backward)
   num_steps = tf.shape(m.schedule)[0]
   fuse_last = m.rows.fuses_last_step  # else step N − 1 runs in pass 1 and is recomputed like the others
@@ -283,6 +283,9 @@ def check_options(mode, batch_syn, replicated=False, row_chunks=1):
     raise errors.UsageError(f"--row_chunks={row_chunks} must be ≥ 1 and divide --batch_syn={batch_syn}.")
 
 
+# Traced as written, also inside a caller's AutoGraph-converted tf.function: the loops are tf.while_loop
+# already, and converting this module's source took seconds of every process's first trace.
+@tf.autograph.experimental.do_not_convert
 def matching_gradients(fmodel, start, target, images, labels, syn_lr, schedule, *, mode, augment_params=None,
                        learn_labels=False, jit_compile=False, replicas=None, row_chunks=1):
   """The matching loss L and its gradients w.r.t. the synthetic images, α and (optionally) the labels.

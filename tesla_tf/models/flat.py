@@ -45,6 +45,7 @@ class FlatModel:
     for variable, value in zip(self.model.trainable_variables, self.unflatten(flat)):
       variable.assign(tf.cast(value, variable.dtype))
 
+  @tf.autograph.experimental.do_not_convert  # traced as written (no tensor-dependent Python control flow)
   def apply(self, flat, images, training=True):
     """Logits [b, classes] of the model with parameters `flat` — a pure, twice-differentiable function.
 
