@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tesla_tf import store as store_lib
 from tesla_tf import errors, experts, models
-from tesla_tf.data import preprocess, sources
+from tesla_tf.data import pipeline, preprocess, sources
 from tesla_tf.distill import loop, synthetic
 from tesla_tf.distill import run_dir as run_dir_lib
 from tesla_tf.models.flat import FlatModel
@@ -79,6 +79,27 @@ def store_dir(tmp_path_factory):
   return path
 
 
+def test_autograph_converts_none_of_the_project_s_functions(store_dir, tmp_path, monkeypatch):
+  """A run (step, evaluation epochs, data maps) and the expert input pipeline trace the project's code as
+  written: AutoGraph's conversion of it cost ~8 s of every process's first trace (docs/benchmarks.md).
+  Small lambdas and closures handed to tf.data maps may still be converted; nothing else."""
+  from tensorflow.python.autograph.pyct import transpiler  # pylint: disable=import-outside-toplevel
+  converted, transform = [], transpiler.PyToPy.transform
+
+  def recording(self, obj, user_context):  # every conversion request, cached ones included
+    converted.append(f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}")
+    return transform(self, obj, user_context)
+
+  monkeypatch.setattr(transpiler.PyToPy, "transform", recording)
+  loop.distill(small_config(store_dir, str(tmp_path / "run"), iterations=1, eval_models=("convnet",),
+                            num_eval=1, eval_epochs=1))
+  arrays = np.zeros((8, 28, 28, 1), np.uint8), np.arange(8) % 2
+  prep = preprocess.build("normalize", sources.get_info("fashion_mnist"))
+  next(iter(pipeline.train_pipeline(arrays, prep, 4, seed=0, repeat=True)))
+  project = [c for c in converted if c.startswith("tesla_tf")]
+  assert project and all("<lambda>" in c or "<locals>" in c for c in project), project
+
+
 def test_a_recorded_run_labels_its_baseline_with_its_own_teacher(store_dir, tmp_path, caplog):
   """tools/evaluate.py --run_dir draws the random subset's labels as the run's final evaluation did: the
   softmax of expert 0 at epoch max_start_epoch − 1 + expert_epochs, with the run's temperature and mix."""
@@ -121,7 +142,7 @@ def test_sigkill_during_checkpointing_resumes_from_good_checkpoint(store_dir, tm
   argv = [sys.executable, os.path.join(ROOT, "tools", "distill.py"), f"--store_dir={store_dir}",
           f"--run_dir={run_dir}", "--dataset=fashion_mnist", "--ipc=2", "--syn_steps=3", "--expert_epochs=2",
           "--max_start_epoch=2", "--lr_img=100", "--lr_lr=1e-5", "--batch_syn=10", "--labels=teacher",
-          "--iterations=40", "--save_every=1", "--log_every=1", "--log_images_every=1000"]
+          "--iterations=16", "--save_every=1", "--log_every=1", "--log_images_every=1000"]
   proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.time() + 120
@@ -135,9 +156,9 @@ def test_sigkill_during_checkpointing_resumes_from_good_checkpoint(store_dir, tm
       proc.kill()
   assert proc.returncode == -signal.SIGKILL
   tf.config.experimental.enable_op_determinism()
-  resumed = loop.distill(small_config(store_dir, run_dir, iterations=40, log_images_every=1000))
-  straight = loop.distill(small_config(store_dir, str(tmp_path / "straight"), iterations=40,
-                                       log_images_every=1000, save_every=40))
+  resumed = loop.distill(small_config(store_dir, run_dir, iterations=16, log_images_every=1000))
+  straight = loop.distill(small_config(store_dir, str(tmp_path / "straight"), iterations=16,
+                                       log_images_every=1000, save_every=16))
   np.testing.assert_array_equal(straight.images, resumed.images)
   assert straight.lr == resumed.lr
 

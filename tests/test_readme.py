@@ -53,6 +53,7 @@ def test_readme_notebook_example_runs_as_written(tmp_path):
                                           "TF_CPP_MIN_LOG_LEVEL": "2"})
   assert done.returncode == 0, f"the README example failed:\n{done.stderr[-3000:]}"
   assert "fashion_mnist IPC 1: final-epoch test accuracy %" in done.stdout, done.stdout
+  assert "random real subset (teacher labels)" in done.stdout, done.stdout  # the run's kind of labels
   assert re.search(r"^convnet\s+\d+\.\d\d ± \d+\.\d\d \(n=2\)\s+\d+\.\d\d ± \d+\.\d\d \(n=2\)$",
                    done.stdout, re.M), done.stdout
   assert "(10, 28, 28, 1)" in done.stdout, done.stdout  # the batch read back from the export
