@@ -164,7 +164,7 @@ def _family_values(name, seed, b, h, w):
   return {"affine": tf.reshape(tf.stack([cos, -sin, zero, sin, cos, zero], axis=1), [b, 2, 3])}
 
 
-@tf.autograph.experimental.do_not_convert  # written for graphs as it is: tf.data maps need no AutoGraph pass
+@tf.autograph.experimental.do_not_convert  # traced as written, in tf.data maps too (no AutoGraph pass)
 def sample(kind_or_strategy, batch_shape, seed):
   """Draws the parameters of one augmentation call (single mode: one family for the whole batch).
 

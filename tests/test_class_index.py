@@ -64,3 +64,5 @@ def test_take_positions(block, monkeypatch):
   assert x.shape == (0, 3) and y.shape == (0,)
   with pytest.raises(IndexError, match="50"):
     class_index.take_positions(ds, [2, 50])
+  with pytest.raises(IndexError, match=r"\[0\]"):
+    class_index.take_positions(ds.take(0), [0])

@@ -106,7 +106,7 @@ def take_positions(dataset, positions):
   got_pos, images, labels = [], [], []
   for i, x, y in found.as_numpy_iterator():
     got_pos.append(i), images.append(x), labels.append(y)
-  got_pos = np.concatenate(got_pos)
+  got_pos = np.concatenate(got_pos) if got_pos else np.zeros([0], np.int64)  # an empty dataset
   if got_pos.size != wanted.size:
     missing = np.setdiff1d(wanted, got_pos)
     raise IndexError(f"Positions {missing[:5].tolist()} lie beyond the end of the dataset.")

@@ -113,8 +113,8 @@ class Distiller:
     self.synthetic = synthetic.SyntheticSet(initial, alpha0)
     self.initial_rms = float(self.synthetic.rms())
     self.hard = labels_lib.hard_labels(self.store.manifest.num_classes, c.ipc)
-    self.labels = labels_lib.SOURCES[c.labels](self.hard, self.fmodel, self.label_teacher(), initial,
-                                               self.teacher_how)
+    teacher = label_teacher(c, self.store, self.experts)
+    self.labels = labels_lib.SOURCES[c.labels](self.hard, self.fmodel, teacher, initial, self.teacher_how)
     self.iteration = tf.Variable(0, dtype=tf.int64, name="iteration")
     self.cycle = tf.Variable(0, dtype=tf.int64, name="expert_cycle")
     self.position = tf.Variable(0, dtype=tf.int64, name="expert_position")
@@ -125,9 +125,6 @@ class Distiller:
   @property
   def images(self):
     return self.synthetic.images.var
-
-  def label_teacher(self):
-    return label_teacher(self.config, self.store, self.experts)
 
   def checkpoint_entries(self):
     """{name: trackable}: everything a resumed run needs to continue exactly."""
@@ -196,9 +193,6 @@ class Distiller:
         preprocessing=self.preprocessor.to_dict(), model=self.store.manifest.model_spec,
         config=dataclasses.asdict(self.config), holdout=self.holdout.to_dict(),
         class_names=list(self.store.manifest.class_names), data_options=self.store.manifest.data_options)
-
-  def baseline_labeler(self):
-    return baseline_labeler(self.config, self.store, self.fmodel, self.experts)
 
 
 def label_teacher(config, store, experts):
@@ -291,7 +285,8 @@ def distill(config):
 def _run(config, distiller):
   """The recipe: restore, then per iteration the step and every(n) blocks; export; final evaluation."""
   run_dir = config.run_dir
-  evaluate = history.evaluator(config, distiller.preprocessor, distiller.baseline_labeler())
+  evaluate = history.evaluator(config, distiller.preprocessor,
+                               baseline_labeler(config, distiller.store, distiller.fmodel, distiller.experts))
   ckpt_dir = os.path.join(run_dir, run_dir_lib.CHECKPOINT_DIR)
   manager = tf.train.CheckpointManager(distiller.checkpoint(), ckpt_dir, max_to_keep=3)
   saved = run_dir_lib.restore_newest(distiller.checkpoint_entries(), ckpt_dir)
