@@ -102,6 +102,32 @@ def test_idx_folder_and_corrupt_file(tmp_path):
     sources.read_idx(str(short))
 
 
+def test_idx_file_is_decompressed_once_until_it_changes(tmp_path, monkeypatch):
+  """A second read of an unchanged file comes from memory, as a new writable array; a rewritten file of
+  the same size is read again."""
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  first, second = (np.full((3, 28, 28), v, np.uint8) for v in (1, 2))
+  _write_idx(path, first, True)
+  opened, gzip_open = [], gzip.open
+
+  def counting_open(name, mode="rb", *args):
+    opened.extend([name] if mode == "rb" else [])
+    return gzip_open(name, mode, *args)
+
+  monkeypatch.setattr(sources.gzip, "open", counting_open)
+  a = sources.read_idx(str(path))
+  a[0, 0, 0] = 99  # the caller's own array: the next read does not see this
+  b = sources.read_idx(str(path))
+  np.testing.assert_array_equal(b, first)
+  assert len(opened) == 1
+  _write_idx(path, second, True)
+  os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns + 1))
+  np.testing.assert_array_equal(sources.read_idx(str(path)), second)
+  assert len(opened) == 2
+  with pytest.raises(ValueError, match="missing.*cannot read"):
+    sources.read_idx(str(tmp_path / "missing"))
+
+
 @pytest.mark.parametrize("name,data_dir", [
     ("fashion_mnist", "/nonexistent/data_dir"),
     ("mnist", "EMPTY"),

@@ -29,6 +29,7 @@ for the experts' code.
 """
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import os
@@ -251,16 +252,29 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 def read_idx(path):
   """Parses one IDX file (gzip-compressed when the name ends in .gz).
 
+  A file read before in this process, unchanged since (same size and modification time), is not
+  decompressed again: a Fashion-MNIST training split takes ~0.5 s, and every Distiller, expert run and
+  evaluation reads it.
+
   Args:
     path: file path.
 
   Returns:
-    A numpy array with the file's dims and native-endian dtype.
+    A new numpy array with the file's dims and native-endian dtype.
 
   Raises:
-    ValueError: bad magic number, unknown type code, or a size that does not match the header; the
-      message names the path.
+    CorruptFileError: unreadable file, bad magic number, unknown type code, or a size that does not
+      match the header; the message names the path.
   """
+  try:
+    stat = os.stat(path)
+  except OSError as e:
+    raise errors.CorruptFileError(f"{path}: cannot read IDX file ({e}).") from e
+  return _parsed_idx(str(path), stat.st_mtime_ns, stat.st_size).copy()
+
+
+@functools.lru_cache(maxsize=4)  # one dataset's two splits of images and labels
+def _parsed_idx(path, mtime_ns, size):  # pylint: disable=unused-argument  (the cache key: a rewritten file)
   opener = gzip.open if str(path).endswith(".gz") else open
   try:
     with opener(path, "rb") as f:
@@ -303,7 +317,7 @@ def _idx_numpy(info, split, data_dir):
   if images.ndim != 3 or images.shape[1:] != info.image_shape[:2] or labels.shape != images.shape[:1]:
     raise errors.CorruptFileError(f"{images_path}, {labels_path}: expected [n, 28, 28] images and [n] labels, got "
                      f"{images.shape} and {labels.shape}.")
-  return images.astype(np.uint8)[..., None], labels.astype(np.int32)
+  return images.astype(np.uint8, copy=False)[..., None], labels.astype(np.int32, copy=False)
 
 
 # TFDS -----------------------------------------------------------------------------------------------
