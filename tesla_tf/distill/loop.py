@@ -113,8 +113,8 @@ class Distiller:
     self.synthetic = synthetic.SyntheticSet(initial, alpha0)
     self.initial_rms = float(self.synthetic.rms())
     self.hard = labels_lib.hard_labels(self.store.manifest.num_classes, c.ipc)
-    teacher = label_teacher(c, self.store, self.experts)
-    self.labels = labels_lib.SOURCES[c.labels](self.hard, self.fmodel, teacher, initial, self.teacher_how)
+    self.teacher = label_teacher(c, self.store, self.experts)
+    self.labels = labels_lib.SOURCES[c.labels](self.hard, self.fmodel, self.teacher, initial, self.teacher_how)
     self.iteration = tf.Variable(0, dtype=tf.int64, name="iteration")
     self.cycle = tf.Variable(0, dtype=tf.int64, name="expert_cycle")
     self.position = tf.Variable(0, dtype=tf.int64, name="expert_position")
@@ -202,14 +202,13 @@ def label_teacher(config, store, experts):
   return tf.constant(store.read(experts[0], epochs=[epoch])[0])
 
 
-def baseline_labeler(config, store, fmodel, experts):
+def baseline_labeler(config, fmodel, teacher, hard):
   """Labels for the random-subset baseline of the same kind as the set's (REFERENCE §10): a function
-  images [n, h, w, c] -> [n, C] teacher rows, shaped as the delivered labels are; None for hard labels."""
+  images [n, h, w, c] -> [n, C] rows of the label teacher θ (`label_teacher`), mixed with the set's
+  `hard` rows as the delivered labels are; None for hard labels."""
   if config.labels == "hard":
     return None
-  teacher, how = label_teacher(config, store, experts), labels_lib.TeacherLabels(config.label_temperature,
-                                                                                 config.label_mix)
-  hard = labels_lib.hard_labels(store.manifest.num_classes, config.ipc)
+  how = labels_lib.TeacherLabels(config.label_temperature, config.label_mix)
   return lambda images: labels_lib.teacher_labels(fmodel, teacher, tf.constant(images), hard, how)
 
 
@@ -228,7 +227,8 @@ def recorded_baseline_labeler(run_dir):
   except errors.TeslaError as e:
     logging.warning("%s: the random subset gets one-hot labels, not the run's teacher labels (%s).", run_dir, e)
     return None
-  return baseline_labeler(config, store, store.build_model(config.precision), experts)
+  return baseline_labeler(config, store.build_model(config.precision), label_teacher(config, store, experts),
+                          labels_lib.hard_labels(store.manifest.num_classes, config.ipc))
 
 
 def _divergence(metrics, config, initial_rms):
@@ -286,7 +286,7 @@ def _run(config, distiller):
   """The recipe: restore, then per iteration the step and every(n) blocks; export; final evaluation."""
   run_dir = config.run_dir
   evaluate = history.evaluator(config, distiller.preprocessor,
-                               baseline_labeler(config, distiller.store, distiller.fmodel, distiller.experts))
+                               baseline_labeler(config, distiller.fmodel, distiller.teacher, distiller.hard))
   ckpt_dir = os.path.join(run_dir, run_dir_lib.CHECKPOINT_DIR)
   manager = tf.train.CheckpointManager(distiller.checkpoint(), ckpt_dir, max_to_keep=3)
   saved = run_dir_lib.restore_newest(distiller.checkpoint_entries(), ckpt_dir)
