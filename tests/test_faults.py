@@ -13,7 +13,6 @@ import re
 import stat
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -55,30 +54,6 @@ def assert_one_fatal_line(result, code, pattern):
 
 
 # -- the run directory lock -------------------------------------------------------------------------
-
-def test_second_run_into_a_busy_run_dir_is_refused_and_the_first_is_unaffected(store_dir, tmp_path):
-  run_dir = str(tmp_path / "busy")
-  args = [f"--store_dir={store_dir}", f"--run_dir={run_dir}", "--ipc=2", "--syn_steps=3",
-          "--expert_epochs=2", "--max_start_epoch=2", "--lr_img=100", "--batch_syn=10", "--labels=teacher",
-          "--iterations=30", "--save_every=1", "--log_every=1", "--log_images_every=1000"]
-  first = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "distill.py"), *args],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  try:
-    deadline = time.time() + 120
-    while time.time() < deadline and len(glob.glob(os.path.join(run_dir, "checkpoints", "*.index"))) < 2:
-      time.sleep(0.05)
-    with pytest.raises(errors.IncompatibleRunError, match=f"in use by pid {first.pid} on "):
-      loop.distill(small_config(store_dir, run_dir, iterations=30, log_images_every=1000))
-    assert first.wait(timeout=180) == 0
-  finally:
-    if first.poll() is None:
-      first.kill()
-  tf.config.experimental.enable_op_determinism()
-  straight = loop.distill(small_config(store_dir, str(tmp_path / "straight"), iterations=30, save_every=30,
-                                       log_images_every=1000))
-  np.testing.assert_array_equal(distilled.load_set(os.path.join(run_dir, "distilled")).images,
-                                straight.images)
-
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
   (tmp_path / run_dir_lib.LOCK_FILE).write_text("pid 999999999 on elsewhere (since then)\n")

@@ -135,9 +135,11 @@ def test_resume_equals_uninterrupted(store_dir, tmp_path, labels):
   assert straight.lr == resumed.lr
 
 
-def test_sigkill_during_checkpointing_resumes_from_good_checkpoint(store_dir, tmp_path):
-  """Kill a run that checkpoints every iteration at an arbitrary moment, then resume it to the end:
-  the result equals an uninterrupted run (a half-written checkpoint is never the one restored)."""
+def test_busy_run_dir_is_refused_and_a_sigkilled_run_resumes_to_the_uninterrupted_result(store_dir, tmp_path):
+  """A second run into the run directory of a live one is refused (the lock names its pid). Then the live
+  run, which checkpoints every iteration, is killed at an arbitrary moment and resumed to the end: the
+  result equals an uninterrupted run (a half-written checkpoint is never the one restored, the dead
+  process's lock is taken over, and the refused run changed nothing)."""
   run_dir = str(tmp_path / "killed")
   argv = [sys.executable, os.path.join(ROOT, "tools", "distill.py"), f"--store_dir={store_dir}",
           f"--run_dir={run_dir}", "--dataset=fashion_mnist", "--ipc=2", "--syn_steps=3", "--expert_epochs=2",
@@ -148,13 +150,15 @@ def test_sigkill_during_checkpointing_resumes_from_good_checkpoint(store_dir, tm
     deadline = time.time() + 120
     while time.time() < deadline and len(glob.glob(os.path.join(run_dir, "checkpoints", "*.index"))) < 3:
       time.sleep(0.05)
+    with pytest.raises(errors.IncompatibleRunError, match=f"in use by pid {proc.pid} on "):
+      loop.distill(small_config(store_dir, run_dir, iterations=16, log_images_every=1000))
     time.sleep(0.37)  # somewhere inside a later iteration or checkpoint write
     proc.send_signal(signal.SIGKILL)
     proc.wait()
   finally:
     if proc.poll() is None:
       proc.kill()
-  assert proc.returncode == -signal.SIGKILL
+  assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
   tf.config.experimental.enable_op_determinism()
   resumed = loop.distill(small_config(store_dir, run_dir, iterations=16, log_images_every=1000))
   straight = loop.distill(small_config(store_dir, str(tmp_path / "straight"), iterations=16,
