@@ -5,23 +5,12 @@ Usage: python block0_micro.py tf   (the project's .venv)   |   python block0_mic
 """
 import json
 import os
-import statistics
 import sys
-import time
+
+from norm_variants import med  # this folder, first on sys.path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 which = sys.argv[1]
-
-
-def med(fn, reps=11):
-  fn()
-  fn()
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return round(statistics.median(times) * 1e3, 1)
 
 
 def tensorflow_block():

@@ -19,6 +19,7 @@ EPS = 1e-5
 
 
 def med(fn, reps=11):
+  """Milliseconds of fn(), the median of `reps` calls after 2 warm-ups."""
   fn()
   fn()
   times = []
@@ -90,4 +91,5 @@ def pytorch_variants():
   return out
 
 
-print(json.dumps({"who": sys.argv[1], **(tensorflow_variants() if sys.argv[1] == "tf" else pytorch_variants())}))
+if __name__ == "__main__":
+  print(json.dumps({"who": sys.argv[1], **(tensorflow_variants() if sys.argv[1] == "tf" else pytorch_variants())}))
