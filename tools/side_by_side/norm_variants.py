@@ -2,7 +2,8 @@
 (gradient of sum(norm(x) · w) with respect to x), in milliseconds (median of 11 calls after 2 warm-ups):
   tf:    today's (tesla_tf.models.layers.InstanceNorm's formula), an analytic custom gradient
          (dx = γ·r·(dy − mean dy − x̂·mean(dy·x̂))), and TensorFlow's FusedBatchNormV3 over the transposed
-         view [1, h, w, b·c] (each sample's channel a batch-norm channel); the ReLU's forward + backward.
+         view [1, h, w, b·c] (each sample's channel a batch-norm channel); the ReLU's forward + backward;
+         and the second derivative the matching takes (today's and the analytic form's, batch 100).
   torch: GroupNorm(128, 128) (the public ConvNet's instance norm) and torch.relu (run it under jemalloc,
          as the public code's timings were).
 Usage: python norm_variants.py tf | torch
@@ -70,6 +71,24 @@ def tensorflow_variants():
 
   out = {name: timed(op) for name, op in (("today", today), ("analytic", analytic), ("fused_batch_norm", fused),
                                            ("relu", layers.ReLU()))}
+  def second_order(op):  # what the matching does: d/dx of <d/dx sum(sin(norm(x))·w), v>, batch 100
+    x100, w100, v100 = x[:100], w[:100], w[100:200]
+
+    def double_backward():
+      with tf.GradientTape() as outer:
+        outer.watch(x100)
+        with tf.GradientTape() as inner:
+          inner.watch(x100)
+          y = tf.reduce_sum(tf.sin(op(x100)) * w100)
+        z = tf.reduce_sum(inner.gradient(y, x100) * v100)
+      return outer.gradient(z, x100)
+    return tf.function(double_backward, autograph=False)
+
+  today_second, analytic_second = second_order(today), second_order(analytic)
+  out["double_bwd_ms"] = {"today": med(lambda: today_second().numpy()),
+                          "analytic": med(lambda: analytic_second().numpy())}
+  out["max_rel_diff_double_bwd_analytic_vs_today"] = float(
+      tf.reduce_max(tf.abs(analytic_second() - today_second())) / tf.reduce_max(tf.abs(today_second())))
   out["max_abs_diff_analytic_fused_vs_today"] = [float(tf.reduce_max(tf.abs(f(x) - today(x))))
                                                  for f in (analytic, fused)]
   return out
