@@ -1,6 +1,6 @@
 """The instance norm of the expert step's block 0 (256×32×32×128) alone, forward and forward + backward
 (gradient of sum(norm(x) · w) with respect to x), in milliseconds (median of 11 calls after 2 warm-ups):
-  tf:    today's (tesla_tf.models.layers.InstanceNorm's formula), an analytic custom gradient
+  tf:    today's (tesla_tf.models.layers.InstanceNorm), an analytic custom gradient
          (dx = γ·r·(dy − mean dy − x̂·mean(dy·x̂))), and TensorFlow's FusedBatchNormV3 over the transposed
          view [1, h, w, b·c] (each sample's channel a batch-norm channel); the ReLU's forward + backward;
          and the second derivative the matching takes (today's and the analytic form's, batch 100).
@@ -36,11 +36,11 @@ def tensorflow_variants():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tesla_tf.models import layers  # pylint: disable=g-import-not-at-top
   x, w = tf.random.normal([B, H, W, C]), tf.random.normal([B, H, W, C])
-  gamma, beta = tf.random.normal([C]) * 0.1 + 1, tf.random.normal([C]) * 0.1
-
-  def today(x):
-    centred = x - tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-    return centred * (tf.math.rsqrt(layers._spatial_mean_square(centred) + EPS) * gamma) + beta  # pylint: disable=protected-access
+  today = layers.InstanceNorm(epsilon=EPS)  # the project's layer itself, γ and β set away from 1 and 0
+  today.build([B, H, W, C])
+  today.gamma.assign(tf.random.normal([C]) * 0.1 + 1)
+  today.beta.assign(tf.random.normal([C]) * 0.1)
+  gamma, beta = tf.convert_to_tensor(today.gamma), tf.convert_to_tensor(today.beta)
 
   @tf.custom_gradient
   def analytic(x):

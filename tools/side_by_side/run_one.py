@@ -18,6 +18,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def main():
   env = dict(os.environ)
   if args.who == "ours":
     run_dir = os.path.join(out_dir, "runs", name)
-    subprocess.run(["rm", "-rf", run_dir], check=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume
     cmd = [os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "tools", "distill.py"),
            f"--flagfile={os.path.join(ROOT, 'configs', 'fashion_mnist_ipc10.cfg')}", f"--store_dir={args.store_dir}",
            f"--run_dir={run_dir}", f"--mode={args.mode}", f"--syn_steps={args.n}", f"--iterations={args.iters}",
