@@ -32,8 +32,9 @@ def _mean(t):
   return tf.reduce_mean(t, [1, 2], keepdims=True)
 
 
-def _through_relu(t, y, relu):
-  return tf.where(y > 0, t, tf.zeros([], t.dtype)) if relu else t
+def _through_relu(t, positive):
+  """t where the ReLU passed its input (`positive`, a boolean mask), else 0; t itself without a ReLU."""
+  return t if positive is None else tf.where(positive, t, tf.zeros([], t.dtype))
 
 
 def _xhat(x, mean, r):
@@ -47,13 +48,14 @@ def _squared_deviation(x, mean):
 
 @tf.function(**_XLA)
 def _affine(x, mean, scale, beta, relu):
+  """The output, and with the ReLU its boolean mask: what the derivatives keep (1 byte, not y's 4)."""
   z = (x - mean) * scale + beta
-  return tf.nn.relu(z) if relu else z
+  return (tf.nn.relu(z), z > 0) if relu else (z, None)
 
 
 @tf.function(**_XLA)
-def _dz_and_dz_xhat(dy, y, x, mean, r, relu):
-  dz = _through_relu(dy, y, relu)
+def _dz_and_dz_xhat(dy, positive, x, mean, r):
+  dz = _through_relu(dy, positive)
   return dz, dz * _xhat(x, mean, r)
 
 
@@ -63,22 +65,22 @@ def _dx(dz, x, mean, r, gamma, dz_mean, dz_xhat):
 
 
 @tf.function(**_XLA)
-def _gx_xhat_and_gx_pdz(gx, dy, y, x, mean, r, dz_mean, dz_xhat, relu):
+def _gx_xhat_and_gx_pdz(gx, dy, positive, x, mean, r, dz_mean, dz_xhat):
   xhat = _xhat(x, mean, r)
-  return gx * xhat, gx * (_through_relu(dy, y, relu) - dz_mean - xhat * dz_xhat)
+  return gx * xhat, gx * (_through_relu(dy, positive) - dz_mean - xhat * dz_xhat)
 
 
 @tf.function(**_XLA)
-def _a_and_a_xhat(gx, dy, y, x, mean, r, gamma, ggamma, dz_xhat, gx_xhat, relu):
-  dz = _through_relu(dy, y, relu)
+def _a_and_a_xhat(gx, dy, positive, x, mean, r, gamma, ggamma, dz_xhat, gx_xhat):
+  dz = _through_relu(dy, positive)
   a = ggamma * dz - (r * gamma) * (gx * dz_xhat + gx_xhat * dz)
   return a, a * _xhat(x, mean, r)
 
 
 @tf.function(**_XLA)
-def _d_dy(gx, y, x, mean, r, gamma, ggamma, gbeta, gx_mean, gx_xhat, relu):
+def _d_dy(gx, positive, x, mean, r, gamma, ggamma, gbeta, gx_mean, gx_xhat):
   xhat = _xhat(x, mean, r)
-  return _through_relu((r * gamma) * (gx - gx_mean - xhat * gx_xhat) + ggamma * xhat + gbeta, y, relu)
+  return _through_relu((r * gamma) * (gx - gx_mean - xhat * gx_xhat) + ggamma * xhat + gbeta, positive)
 
 
 @tf.function(**_XLA)
@@ -109,21 +111,21 @@ def instance_norm(x, gamma, beta, epsilon, relu=False):
     n = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
     mean = _mean(x)
     r = tf.math.rsqrt(_mean(_squared_deviation(x, mean)) + epsilon)
-    y = _affine(x, mean, r * gamma, beta, relu)
+    y, positive = _affine(x, mean, r * gamma, beta, relu)
 
     def first(dy):
       @tf.custom_gradient
       def backward(dy, x, gamma):
-        dz, dz_xhat_full = _dz_and_dz_xhat(dy, y, x, mean, r, relu)
+        dz, dz_xhat_full = _dz_and_dz_xhat(dy, positive, x, mean, r)
         dz_mean, dz_xhat = _mean(dz), _mean(dz_xhat_full)
         grads = (_dx(dz, x, mean, r, gamma, dz_mean, dz_xhat), _channel_sum(dz_xhat, n),
                  _channel_sum(dz_mean, n))
 
         def second(gx, ggamma, gbeta):
-          gx_xhat_full, gx_pdz_full = _gx_xhat_and_gx_pdz(gx, dy, y, x, mean, r, dz_mean, dz_xhat, relu)
+          gx_xhat_full, gx_pdz_full = _gx_xhat_and_gx_pdz(gx, dy, positive, x, mean, r, dz_mean, dz_xhat)
           gx_mean, gx_xhat, gx_pdz = _mean(gx), _mean(gx_xhat_full), _mean(gx_pdz_full)
-          a, a_xhat_full = _a_and_a_xhat(gx, dy, y, x, mean, r, gamma, ggamma, dz_xhat, gx_xhat, relu)
-          d_dy = _d_dy(gx, y, x, mean, r, gamma, ggamma, gbeta, gx_mean, gx_xhat, relu)
+          a, a_xhat_full = _a_and_a_xhat(gx, dy, positive, x, mean, r, gamma, ggamma, dz_xhat, gx_xhat)
+          d_dy = _d_dy(gx, positive, x, mean, r, gamma, ggamma, gbeta, gx_mean, gx_xhat)
           d_x = _d_x(a, x, mean, r, _mean(a), _mean(a_xhat_full), gamma * r * gx_pdz)
           return d_dy, d_x, _channel_sum(r * gx_pdz, n)
         return grads, second
