@@ -96,7 +96,8 @@ def vgg11(num_classes, image_shape, width_multiplier=1.0):
       continue
     padding = 3 if conv_index == 0 and image_shape[0] == 28 else 1
     x = _conv(x, _scaled(item, width_multiplier), 3, f"conv{conv_index}", padding=padding)
-    x = InstanceNorm(relu=True, name=f"norm{conv_index}")(x)
+    x = InstanceNorm(name=f"norm{conv_index}")(x)
+    x = ReLU()(x)
     conv_index += 1
   x = keras.layers.Flatten()(x)
   outputs = keras.layers.Dense(num_classes, name="classifier")(x)
@@ -113,7 +114,8 @@ def _basic_block(x, filters, stride, avg_pool, name):
   in_filters = x.shape[-1]
   conv_stride = 1 if avg_pool else stride
   y = _conv(x, filters, 3, f"{name}_conv1", stride=conv_stride, padding=1, use_bias=False)
-  y = InstanceNorm(relu=True, name=f"{name}_norm1")(y)
+  y = InstanceNorm(name=f"{name}_norm1")(y)
+  y = ReLU()(y)
   if avg_pool and stride > 1:
     y = keras.layers.AveragePooling2D(stride)(y)
   y = _conv(y, filters, 3, f"{name}_conv2", padding=1, use_bias=False)
@@ -133,7 +135,8 @@ def _resnet18(num_classes, image_shape, width_multiplier, avg_pool, name):
   inputs = keras.Input(shape=tuple(image_shape))
   x = _conv(inputs, _scaled(RESNET18_CHANNELS[0], width_multiplier), 3, "stem_conv", padding=1,
             use_bias=False)
-  x = InstanceNorm(relu=True, name="stem_norm")(x)
+  x = InstanceNorm(name="stem_norm")(x)
+  x = ReLU()(x)
   for stage, (channels, stride) in enumerate(zip(RESNET18_CHANNELS, RESNET18_STRIDES), start=1):
     for block in range(RESNET18_BLOCKS_PER_STAGE):
       x = _basic_block(x, _scaled(channels, width_multiplier), stride if block == 0 else 1, avg_pool,

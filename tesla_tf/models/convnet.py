@@ -3,7 +3,7 @@ experts, students, teachers and evaluation."""
 
 import keras
 
-from tesla_tf.models.layers import InstanceNorm
+from tesla_tf.models.layers import InstanceNorm, ReLU
 
 WIDTH = 128
 
@@ -20,8 +20,7 @@ def default_depth(image_shape):
 
 
 def convnet(num_classes, image_shape, depth=None, width=WIDTH):
-  """ConvNet: `depth` × [conv3×3 → instance norm → ReLU → avg-pool 2×2], then a linear classifier (the norm
-  and its ReLU are one layer, `InstanceNorm(relu=True)`, for its fused kernels).
+  """ConvNet: `depth` × [conv3×3 → instance norm → ReLU → avg-pool 2×2], then a linear classifier.
 
   A 28×28 input is padded by 3 before the first convolution so that its map is 32×32 (REFERENCE §5).
 
@@ -42,7 +41,8 @@ def convnet(num_classes, image_shape, depth=None, width=WIDTH):
       x = keras.layers.Conv2D(width, 3, padding="valid", name=f"conv{block}")(x)
     else:
       x = keras.layers.Conv2D(width, 3, padding="same", name=f"conv{block}")(x)
-    x = InstanceNorm(relu=True, name=f"norm{block}")(x)
+    x = InstanceNorm(name=f"norm{block}")(x)
+    x = ReLU()(x)
     x = keras.layers.AveragePooling2D(2)(x)
   x = keras.layers.Flatten()(x)
   outputs = keras.layers.Dense(num_classes, name="classifier")(x)

@@ -17,12 +17,12 @@ def tensorflow_block():
   sys.path.insert(0, ROOT)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tesla_tf.models import layers  # pylint: disable=g-import-not-at-top
-  norm = layers.InstanceNorm(relu=True)  # the ConvNet's norm + ReLU, one layer
+  norm, relu = layers.InstanceNorm(), layers.ReLU()
   norm.build([256, 32, 32, 128])
   x, kernel = tf.random.normal([256, 32, 32, 128]), tf.random.normal([3, 3, 128, 128])
 
   def block():
-    return tf.reduce_sum(tf.nn.avg_pool2d(norm(x), 2, 2, "VALID"))
+    return tf.reduce_sum(tf.nn.avg_pool2d(relu(norm(x)), 2, 2, "VALID"))
 
   def block_and_gradients():  # with respect to x, γ and β, as PyTorch's backward gives
     with tf.GradientTape() as tape:

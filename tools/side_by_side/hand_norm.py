@@ -1,4 +1,7 @@
-"""Instance norm (optionally followed by ReLU) with hand-written first and second derivatives.
+"""Instance norm (optionally followed by ReLU) with hand-written first and second derivatives — MEASURED,
+NOT LANDED (docs/benchmarks.md, 2026-12-08): one of three full-suite runs with it in the models died with
+a SIGSEGV in a TF runtime thread (tf_Compute, libtensorflow_cc), not reproduced in five isolated runs;
+kept here, a drop-in for `tesla_tf.models.layers.InstanceNorm.call`, until that is understood.
 
 Written with plain TF ops and left to autodiff, the norm took ~10 passes over its activation forward and
 ~14 backward, one kernel per op, and was where the float32 step lost most to PyTorch's fused GroupNorm
@@ -16,7 +19,7 @@ Second derivative: the gradient of S = Σ gx·dx + gγ·dγ + gβ·dβ with resp
   ∂S/∂γ  = Σ_b n r ⟨gx P(dz)⟩
   ∂S/∂x  = r (P(a) − x̂ γ r ⟨gx P(dz)⟩),  a = gγ dz − γ r (gx ⟨dz x̂⟩ + ⟨gx x̂⟩ dz)
 (x enters through x̂ and r: ∂x̂_j/∂x_i = r (δ_ij − 1/n − x̂_i x̂_j / n), ∂r/∂x_i = −r² x̂_i / n.)
-Every formula is tested against autodiff of the plain formula to second order (tests/test_models.py).
+Every formula was tested against autodiff of the plain formula to second order in float64 (to 1e-10).
 """
 
 import tensorflow as tf
